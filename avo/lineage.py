@@ -1,0 +1,174 @@
+"""The lineage: every candidate ever evaluated, committed or not, as a networkx DiGraph.
+
+Nodes carry a `Candidate` record (as a dict); edges run parent -> child. The graph is persisted
+in a directory (the tracked `archive/` by default) as versioned node-link JSON plus the kernel
+source of every committed node, so `load(save(g))` gives the same graph and a killed run resumes
+from the last write. Every write goes through a temp file and an atomic rename.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from avo.atomic import atomic_write
+
+__all__ = ["STATUSES", "Candidate", "Lineage", "LineageError"]
+
+FORMAT_VERSION = 1
+STATUSES = ("committed", "rejected", "failed_compile", "failed_correctness", "timeout", "crashed", "pending")
+
+
+class LineageError(Exception):
+    pass
+
+
+@dataclass
+class Candidate:
+    """One node. `scores` maps a config name to TFLOPS (0 where it failed correctness)."""
+
+    id: str
+    parents: list[str] = field(default_factory=list)
+    operator: str = "seed"  # seed | knobs | agent | manual
+    status: str = "pending"
+    template: str | None = None
+    knobs: dict = field(default_factory=dict)
+    source_hash: str = ""
+    source_path: str = ""  # where the source lives: archive/sources/<id>.py once committed
+    scores: dict = field(default_factory=dict)
+    geomean: float = 0.0
+    baselines: dict = field(default_factory=dict)  # e.g. {"fa4": {cfg: tflops}, "cudnn": {...}} same run
+    diagnosis: str = ""  # why it failed or what the harness saw
+    rationale: str = ""  # what the operator meant to try
+    timing: dict = field(default_factory=dict)  # seconds per stage: compile, verify, bench
+    cost: dict = field(default_factory=dict)  # tokens, dollars, device seconds
+    arch: str = ""
+    created: float = field(default_factory=time.time)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise LineageError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+
+
+class Lineage:
+    """The graph plus the directory it lives in."""
+
+    def __init__(self, root: str | Path, graph: nx.DiGraph | None = None):
+        self.root = Path(root)
+        self.graph = graph if graph is not None else nx.DiGraph()
+
+    # -- reading ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, root: str | Path) -> Lineage:
+        """Load from `root`, or start empty where there is no lineage yet."""
+        root = Path(root)
+        path = root / "lineage.json"
+        if not path.exists():
+            return cls(root)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise LineageError(f"{path} is not valid JSON ({exc}); restore it from git or remove it") from None
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise LineageError(f"{path} has format_version {version}; this avo reads {FORMAT_VERSION}")
+        graph = nx.node_link_graph(data["graph"], directed=True, edges="edges")
+        return cls(root, graph)
+
+    def __contains__(self, node_id: str) -> bool:
+        return node_id in self.graph
+
+    def __len__(self) -> int:
+        return self.graph.number_of_nodes()
+
+    def get(self, node_id: str) -> Candidate:
+        if node_id not in self.graph:
+            raise LineageError(f"no node {node_id!r} in the lineage at {self.root}")
+        return Candidate(id=node_id, **self.graph.nodes[node_id])
+
+    def nodes(self, status: str | None = None) -> list[Candidate]:
+        out = [Candidate(id=node_id, **attrs) for node_id, attrs in self.graph.nodes(data=True)]
+        out = [c for c in out if status is None or c.status == status]
+        return sorted(out, key=lambda c: c.created)
+
+    def best(self) -> Candidate | None:
+        """The committed node with the highest geomean (the incumbent)."""
+        committed = self.nodes("committed")
+        return max(committed, key=lambda c: c.geomean) if committed else None
+
+    def committed_path(self) -> list[Candidate]:
+        """The chain of committed ancestors of the incumbent, seed first."""
+        best = self.best()
+        if best is None:
+            return []
+        chain = [best]
+        while True:
+            parents = [self.get(p) for p in chain[-1].parents if p in self.graph]
+            committed = [p for p in parents if p.status == "committed"]
+            if not committed:
+                return chain[::-1]
+            chain.append(max(committed, key=lambda c: c.geomean))
+
+    def source(self, node_id: str) -> str:
+        node = self.get(node_id)
+        path = Path(node.source_path)
+        if not path.is_absolute():
+            path = self.root / path
+        if not path.exists():
+            raise LineageError(f"source of {node_id} not found at {path}")
+        return path.read_text()
+
+    def new_id(self, prefix: str = "v") -> str:
+        n = self.graph.number_of_nodes()
+        while f"{prefix}{n:04d}" in self.graph:
+            n += 1
+        return f"{prefix}{n:04d}"
+
+    # -- writing ------------------------------------------------------------------------------
+    def add(self, candidate: Candidate, source_text: str | None = None) -> Candidate:
+        """Add or update a node, with edges from its parents, and persist. A committed node's
+        source is stored under sources/ so the lineage never depends on generated/."""
+        missing = [p for p in candidate.parents if p not in self.graph]
+        if missing:
+            raise LineageError(f"parents {missing} of {candidate.id} are not in the lineage")
+        if candidate.status == "committed":
+            if source_text is None:
+                raise LineageError(f"committed node {candidate.id} needs its source text")
+            rel = Path("sources") / f"{candidate.id}.py"
+            atomic_write(self.root / rel, source_text)
+            candidate.source_path = str(rel)
+        self.graph.add_node(candidate.id, **_attrs(candidate))
+        for parent in candidate.parents:
+            self.graph.add_edge(parent, candidate.id)
+        self.save()
+        return candidate
+
+    def update(self, node_id: str, **fields) -> Candidate:
+        node = self.get(node_id)
+        for key, value in fields.items():
+            if not hasattr(node, key):
+                raise LineageError(f"Candidate has no field {key!r}")
+            setattr(node, key, value)
+        node.__post_init__()
+        self.graph.add_node(node_id, **_attrs(node))
+        self.save()
+        return node
+
+    def save(self) -> Path:
+        data = {"format_version": FORMAT_VERSION,
+                "graph": nx.node_link_data(self.graph, edges="edges")}
+        path = self.root / "lineage.json"
+        atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        return path
+
+
+def _attrs(candidate: Candidate) -> dict:
+    # the node key is the id; node-link JSON keeps it under "id" itself
+    attrs = asdict(candidate)
+    del attrs["id"]
+    return attrs

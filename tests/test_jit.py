@@ -1,0 +1,186 @@
+"""The render -> compile -> cache pipeline, on the naive attention template (cheap to compile)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from avo import jit
+from avo.spec import AttentionSpec
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = AttentionSpec(dtype="bf16", head_dim=64, causal=True)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVO_CACHE_DIR", str(tmp_path / "cache"))
+    jit._memory_cache.clear()
+    return tmp_path / "cache"
+
+
+def test_render_is_content_addressed_and_bakes_knobs():
+    knobs = jit.load_knobs("naive_attention", {"block_m": 64, "tile_n": 16})
+    path = jit.render("naive_attention", knobs)
+    text = path.read_text()
+    assert "BLOCK_M = 64" in text and "TILE_N = 16" in text
+    assert path.parent == jit.GENERATED_DIR and path.name.startswith("naive_attention_")
+    assert jit.render("naive_attention", knobs) == path  # same knobs, same file
+    assert jit.render("naive_attention", jit.load_knobs("naive_attention", {"block_m": 128})) != path
+
+
+def test_knob_values_are_checked_against_the_space():
+    with pytest.raises(ValueError, match="tile_n=7 not in"):
+        jit.load_knobs("naive_attention", {"tile_n": 7})
+    with pytest.raises(ValueError, match="unknown knob"):
+        jit.load_knobs("naive_attention", {"warp_size": 32})
+    with pytest.raises(jit.CompileError, match="unknown template"):
+        jit.render("no_such_template")
+
+
+@pytest.mark.parametrize("arch", ["sm_90a", "sm_100a"])
+def test_compile_only_produces_cubin_and_a_plausible_report(arch, fresh_cache):
+    knobs = jit.load_knobs("naive_attention", {"block_m": 64, "tile_n": 32})
+    kernel = jit.compile_kernel(jit.render("naive_attention", knobs), SPEC, arch=arch, run=False)
+    assert not kernel.runnable and not kernel.from_cache
+    assert (kernel.artifact_dir / "kernel.cubin").stat().st_size > 1000
+    assert f".target {arch}" in (kernel.artifact_dir / "kernel.ptx").read_text()
+    report = kernel.report
+    assert 16 <= report["registers"] <= 255
+    assert report["threads_per_block"] == 64  # block_m threads, as the template launches
+    # the template asks for fp32 K and V tiles: 2 * tile_n * head_dim * 4 bytes
+    assert report["dynamic_smem_bytes"] == 2 * 32 * 64 * 4
+    assert report["num_kernels"] == 1 and report["ptx_wgmma"] == 0
+
+
+def test_unsupported_spec_is_rejected_before_compiling(fresh_cache):
+    path = jit.render("naive_attention")
+    with pytest.raises(jit.CompileError) as err:
+        jit.compile_kernel(path, AttentionSpec(head_dim=256), arch="sm_90a", run=False)
+    assert err.value.stage == "unsupported" and "head_dim 256" in err.value.message
+    assert jit.compile_stats()["compiles"] >= 0  # nothing was compiled for it
+    assert not list(fresh_cache.glob("*/kernel.cubin"))
+
+
+def test_run_mode_without_a_matching_gpu_is_a_clear_error(fresh_cache):
+    if jit.current_arch() == "sm_100a":
+        pytest.skip("this machine is a B200")
+    with pytest.raises(jit.CompileError, match="run mode needs a sm_100a GPU"):
+        jit.compile_kernel(jit.render("naive_attention"), SPEC, arch="sm_100a", run=True)
+
+
+_COMPILE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from avo import jit
+    from avo.spec import AttentionSpec
+    k = jit.compile_kernel(sys.argv[1], AttentionSpec(dtype="fp16", head_dim=32), arch="sm_90a", run=False)
+    print(json.dumps({"from_cache": k.from_cache, **jit.compile_stats()}))
+""")
+
+
+def _compile_in_subprocess(source, env):
+    return subprocess.Popen([sys.executable, "-c", _COMPILE_SCRIPT, str(source)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc):
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_new_process_reuses_the_disk_cache(fresh_cache):
+    source = jit.render("naive_attention", jit.load_knobs("naive_attention", {"tile_n": 16}))
+    env = dict(os.environ)
+    first = _result(_compile_in_subprocess(source, env))
+    second = _result(_compile_in_subprocess(source, env))
+    assert (first["compiles"], first["from_cache"]) == (1, False)
+    assert (second["compiles"], second["from_cache"], second["disk_hits"]) == (0, True, 1)
+
+
+@pytest.mark.slow
+def test_concurrent_processes_compile_once(fresh_cache):
+    source = jit.render("naive_attention", jit.load_knobs("naive_attention", {"tile_n": 64}))
+    env = dict(os.environ)
+    procs = [_compile_in_subprocess(source, env) for _ in range(2)]
+    results = [_result(p) for p in procs]
+    assert sum(r["compiles"] for r in results) == 1
+    assert sorted(r["from_cache"] for r in results) == [False, True]
+    assert len(list(fresh_cache.glob("*/kernel.o"))) == 1
+
+
+def _broken_kernel(tmp_path, marker_line_text):
+    """The naive kernel with one line replaced; returns the path and that line's number."""
+    text = jit.render("naive_attention").read_text()
+    lines = text.splitlines()
+    index = next(i for i, line in enumerate(lines) if "row_sum = row_sum * correction + p" in line)
+    indent = lines[index][: len(lines[index]) - len(lines[index].lstrip())]
+    lines[index] = indent + marker_line_text
+    path = tmp_path / "broken_kernel.py"
+    path.write_text("\n".join(lines) + "\n")
+    return path, index + 1
+
+
+def test_dsl_error_names_the_generated_line(tmp_path, fresh_cache):
+    path, line = _broken_kernel(tmp_path, "row_sum = row_sum * correction + undefined_name")
+    with pytest.raises(jit.CompileError) as err:
+        jit.compile_kernel(path, SPEC, arch="sm_90a", run=False)
+    assert err.value.stage == "compile"
+    assert err.value.file == str(path) and err.value.line == line
+    assert "undefined_name" in err.value.message
+    # the failure is cached: a second attempt fails the same way without compiling again
+    before = jit.compile_stats()["compiles"]
+    jit._memory_cache.clear()
+    with pytest.raises(jit.CompileError) as again:
+        jit.compile_kernel(path, SPEC, arch="sm_90a", run=False)
+    assert again.value.line == line and jit.compile_stats()["compiles"] == before
+
+
+def test_syntax_error_is_an_import_error_with_its_line(tmp_path, fresh_cache):
+    path, line = _broken_kernel(tmp_path, "row_sum = (row_sum *")
+    with pytest.raises(jit.CompileError) as err:
+        jit.compile_kernel(path, SPEC, arch="sm_90a", run=False)
+    assert err.value.stage == "import" and err.value.line in (line, line + 1)
+
+
+def test_module_without_entry_point_is_a_contract_error(tmp_path, fresh_cache):
+    path = tmp_path / "empty_kernel.py"
+    path.write_text("X = 1\n")
+    with pytest.raises(jit.CompileError) as err:
+        jit.compile_kernel(path, SPEC, arch="sm_90a", run=False)
+    assert err.value.stage == "contract" and "KERNEL" in err.value.message
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(2, 255, 300, 4, 2, 64), (1, 1000, 1000, 2, 2, 128), (1, 17, 1, 2, 1, 64)])
+def test_run_mode_matches_the_reference(shape, causal, fresh_cache):
+    import torch
+
+    from avo.reference import reference_attention
+
+    batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim = shape
+    spec = AttentionSpec(dtype="bf16", head_dim=head_dim, causal=causal, qhead_per_kvhead=heads_q // heads_kv)
+    kernel = jit.compile_kernel(jit.render("naive_attention"), spec)
+    assert kernel.runnable
+    q = torch.randn(batch, seqlen_q, heads_q, head_dim, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(batch, seqlen_k, heads_kv, head_dim, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(batch, seqlen_k, heads_kv, head_dim, device="cuda", dtype=torch.bfloat16)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((batch, heads_q, seqlen_q), float("nan"), device="cuda")
+    scale = head_dim ** -0.5
+    kernel.fn(q, k, v, out, lse, scale)
+    torch.cuda.synchronize()
+    ref_out, ref_lse = reference_attention(q, k, v, causal=causal, softmax_scale=scale)
+    assert not out.isnan().any() and not lse.isnan().any()
+    err = (out.float() - ref_out).abs().max().item()
+    bf16_err = (ref_out.bfloat16().float() - ref_out).abs().max().item()
+    assert err <= 2 * bf16_err + 1e-3, (err, bf16_err)
+    finite = ref_lse.isfinite()
+    assert torch.equal(lse.isfinite(), finite)
+    assert (lse[finite] - ref_lse[finite]).abs().max().item() < 1e-3
