@@ -53,6 +53,7 @@ TEMPLATES_DIR = REPO / "dsl_templates"
 GENERATED_DIR = REPO / "generated"
 ARCHS = ("sm_90a", "sm_100a")
 _ENTRY = "KERNEL"
+_TEMPLATE_FILE = "template.py.j2"  # each dsl_templates/<family>/ holds this and knobs.py
 
 # Compiles done by this process (cache hits do not count): tests count, never time.
 _stats = {"compiles": 0, "disk_hits": 0, "memory_hits": 0}
@@ -147,7 +148,7 @@ def render(template: str, knobs=None) -> Path:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(tdir)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
     try:
-        text = env.get_template(knob_space(template).TEMPLATE).render(knobs=knobs)
+        text = env.get_template(_TEMPLATE_FILE).render(knobs=knobs)
     except jinja2.TemplateError as exc:
         raise CompileError("render", f"{type(exc).__name__}: {exc}", str(tdir), getattr(exc, "lineno", None)) from None
     path = GENERATED_DIR / f"{template}_{_sha(text)[:12]}.py"

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TEMPLATE = "template.py.j2"
-
 
 @dataclass(frozen=True)
 class Knobs:
