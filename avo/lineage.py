@@ -20,7 +20,8 @@ from avo.atomic import atomic_write
 __all__ = ["STATUSES", "Candidate", "Lineage", "LineageError"]
 
 FORMAT_VERSION = 1
-STATUSES = ("committed", "rejected", "failed_compile", "failed_correctness", "timeout", "crashed", "pending")
+STATUSES = ("committed", "rejected", "failed_compile", "failed_correctness", "timeout", "crashed", "screened",
+            "pending")  # screened: compiled only (no matching GPU), never run
 
 
 class LineageError(Exception):
@@ -172,3 +173,14 @@ def _attrs(candidate: Candidate) -> dict:
     attrs = asdict(candidate)
     del attrs["id"]
     return attrs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m avo.lineage {plot,show,export}`: see avo/viz.py."""
+    from avo import viz
+
+    return viz.main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

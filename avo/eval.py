@@ -1,0 +1,126 @@
+"""`python -m avo.eval <kernel file | lineage node | template> [options]`: run the evaluation
+cascade on one candidate, print the verdict and a per-config table, optionally record it.
+
+    python -m avo.eval generated/flash_fwd_sm90_ab12.py --suite quick
+    python -m avo.eval v0003 --archive archive --compile-only --arch sm_90a,sm_100a
+    python -m avo.eval my_kernel.py --submit          # commit rule vs the incumbent, recorded
+
+This is the command an external coding agent (or a person) uses to evolve by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from avo import jit
+from avo.evaluate import evaluate
+from avo.lineage import Candidate, Lineage, LineageError
+from avo.suites import SuiteError, load_suite
+
+__all__ = ["main", "resolve_source"]
+
+
+def resolve_source(what: str, lineage: Lineage) -> tuple[Path, str | None]:
+    """(kernel file, node id or None) for a file path, a lineage node id or a template name."""
+    path = Path(what)
+    if path.suffix == ".py" and path.exists():
+        return path, None
+    if what in lineage:
+        node = lineage.get(what)
+        source = Path(node.source_path)
+        source = source if source.is_absolute() else lineage.root / source
+        if not source.exists():
+            raise LineageError(f"node {what} has no stored source (status {node.status}); only committed "
+                               "nodes keep theirs")
+        return source, what
+    if (jit.TEMPLATES_DIR / what / "knobs.py").exists():
+        return jit.render(what), None
+    raise FileNotFoundError(f"{what!r} is neither a kernel file, a node of {lineage.root}, nor a template")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m avo.eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("kernel", help="kernel .py file, lineage node id, or template name")
+    parser.add_argument("--suite", default="quick")
+    parser.add_argument("--arch", default="sm_90a", help="comma-separated: sm_90a,sm_100a")
+    parser.add_argument("--compile-only", action="store_true", help="compile and report; run nothing")
+    parser.add_argument("--archive", default="archive")
+    parser.add_argument("--incumbent", default="best", help="'best' (the archive's), 'none', a node or a file")
+    parser.add_argument("--baselines", default="", help="comma-separated: fa4,cudnn,fa2")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole cascade")
+    parser.add_argument("--submit", action="store_true", help="record the verdict in the archive's lineage")
+    parser.add_argument("--json", help="write the verdict here")
+    args = parser.parse_args(argv)
+    try:
+        lineage = Lineage.load(args.archive)
+        load_suite(args.suite)
+        source, node_id = resolve_source(args.kernel, lineage)
+        incumbent, incumbent_id = _incumbent(args.incumbent, lineage)
+    except (LineageError, SuiteError, FileNotFoundError, jit.CompileError) as exc:
+        print(f"avo.eval: {exc}", file=sys.stderr)
+        return 2
+    archs = tuple(a.strip() for a in args.arch.split(",") if a.strip())
+    print(f"evaluating {source} on suite {args.suite} for {', '.join(archs)}"
+          f"{' (compile-only)' if args.compile_only else ''}; incumbent: {incumbent_id or incumbent or 'none'}",
+          flush=True)
+    verdict = evaluate(source, suite=args.suite, archs=archs, incumbent=incumbent,
+                       compile_only=True if args.compile_only else None, timeout_s=args.timeout,
+                       seeds=args.seeds, baselines=tuple(b for b in args.baselines.split(",") if b))
+    print(format_verdict(verdict))
+    if args.json:
+        Path(args.json).write_text(json.dumps(verdict.as_dict(), indent=1))
+    if args.submit:
+        node = _record(lineage, source, verdict, parent=incumbent_id)
+        print(f"recorded {node.id} as {node.status} in {lineage.root}")
+    return 0 if verdict.status in ("committed", "screened") else 1
+
+
+def _incumbent(choice: str, lineage: Lineage) -> tuple[str | None, str | None]:
+    if choice == "none":
+        return None, None
+    if choice == "best":
+        best = lineage.best()
+        return (str(resolve_source(best.id, lineage)[0]), best.id) if best else (None, None)
+    source, node_id = resolve_source(choice, lineage)
+    return str(source), node_id
+
+
+def _record(lineage: Lineage, source: Path, verdict, parent: str | None) -> Candidate:
+    from avo.jit import _sha
+
+    text = source.read_text()
+    node = Candidate(id=lineage.new_id(), parents=[parent] if parent else [], operator="manual",
+                     status=verdict.status, source_hash=_sha(text), source_path=str(source),
+                     scores=verdict.scores, geomean=verdict.geomean, baselines=verdict.baselines,
+                     diagnosis=verdict.diagnosis, timing=verdict.timing,
+                     extra={"ratio": verdict.ratio, "noise": verdict.noise, "compile_reports": verdict.compile_reports})
+    return lineage.add(node, source_text=text if verdict.status == "committed" else None)
+
+
+def format_verdict(verdict) -> str:
+    lines = [f"verdict: {verdict.status.upper()} at stage {verdict.stage}", f"  {verdict.diagnosis}"]
+    for arch, per_spec in verdict.compile_reports.items():
+        for spec_key, r in per_spec.items():
+            lines.append(f"  compile {arch} {spec_key}: {r.get('registers')} regs, "
+                         f"stack {r.get('stack_frame_bytes')} B, smem {r.get('dynamic_smem_bytes', '?')} B, "
+                         f"{r.get('threads_per_block')} threads, wgmma {r.get('ptx_wgmma')}, "
+                         f"{r.get('compile_seconds')} s")
+    if verdict.scores:
+        names = ["candidate"] + (["incumbent"] if verdict.incumbent_scores else []) + list(verdict.baselines)
+        lines.append("  " + f"{'config':34s}" + "".join(f"{n:>11s}" for n in names) + "   (TFLOPS)")
+        for config, value in verdict.scores.items():
+            row = [value, verdict.incumbent_scores.get(config)] if verdict.incumbent_scores else [value]
+            row += [verdict.baselines[b].get(config) for b in verdict.baselines]
+            lines.append("  " + f"{config:34s}" + "".join(f"{x:11.1f}" if x else f"{'-':>11s}" for x in row))
+    if verdict.ratio is not None:
+        lines.append(f"  ratio vs incumbent {verdict.ratio:.4f} (noise {verdict.noise:.2%}, gain: {verdict.gain})")
+    lines.append(f"  seconds: {json.dumps(verdict.timing)}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Process isolation for anything that runs a candidate on the GPU.
+
+`run_isolated("module:function", args, timeout_s)` runs the function in a fresh Python process
+(its own process group, pinned to one GPU when asked) and returns a `WorkerResult`: ok with the
+function's JSON result, error (it raised), timeout (killed at the limit, with its whole process
+group) or crashed (died by a signal or exited without a result: segfault, illegal address, a
+corrupted CUDA context). Whatever happens, the caller's process and CUDA context are untouched.
+
+`python -m avo.worker TASK.json RESULT.json` is the child side.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from avo.atomic import atomic_write
+
+__all__ = ["WorkerPool", "WorkerResult", "run_isolated"]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class WorkerResult:
+    status: str  # ok | error | timeout | crashed
+    value: dict | None = None
+    error: str = ""
+    seconds: float = 0.0
+    returncode: int | None = None
+    stderr_tail: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def summary(self) -> str:
+        if self.ok:
+            return "ok"
+        return f"{self.status}: {self.error}".strip()
+
+
+def run_isolated(function: str, args: dict | None = None, timeout_s: float = 600.0, gpu: int | None = None,
+                 env: dict | None = None) -> WorkerResult:
+    with tempfile.TemporaryDirectory(prefix="avo-worker-") as tmp:
+        task_path, result_path, stderr_path = Path(tmp, "task.json"), Path(tmp, "result.json"), Path(tmp, "stderr")
+        task_path.write_text(json.dumps({"function": function, "args": args or {}}))
+        child_env = dict(os.environ if env is None else env)
+        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), child_env.get("PYTHONPATH")]))
+        if gpu is not None:
+            child_env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        started = time.monotonic()
+        with open(stderr_path, "w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "avo.worker", str(task_path), str(result_path)],
+                                    cwd=REPO, env=child_env, stdout=stderr, stderr=stderr, start_new_session=True)
+            try:
+                returncode = proc.wait(timeout=timeout_s)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                returncode, timed_out = proc.wait(), True
+        seconds = time.monotonic() - started
+        tail = stderr_path.read_text(errors="replace")[-4000:]
+        if timed_out:
+            return WorkerResult("timeout", error=f"killed after {timeout_s:.0f} s", seconds=seconds,
+                                returncode=returncode, stderr_tail=tail)
+        if result_path.exists():
+            result = json.loads(result_path.read_text())
+            if result["ok"]:
+                return WorkerResult("ok", value=result["value"], seconds=seconds, returncode=returncode,
+                                    stderr_tail=tail)
+            return WorkerResult("error", error=result["error"], seconds=seconds, returncode=returncode,
+                                stderr_tail=result.get("traceback", "")[-4000:])
+        how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
+        last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "")
+        return WorkerResult("crashed", error=f"process died ({how}) {last[:300]}".strip(), seconds=seconds,
+                            returncode=returncode, stderr_tail=tail)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class WorkerPool:
+    """One isolated worker at a time per GPU; tasks are taken in order by whichever GPU is free."""
+
+    def __init__(self, gpus: list[int] | None = None, timeout_s: float = 600.0):
+        self.gpus = gpus if gpus else [None]
+        self.timeout_s = timeout_s
+
+    def map(self, function: str, arg_list: list[dict], on_result=None) -> list[WorkerResult]:
+        results: list[WorkerResult | None] = [None] * len(arg_list)
+        todo: queue.Queue = queue.Queue()
+        for index, args in enumerate(arg_list):
+            todo.put((index, args))
+
+        def drain(gpu):
+            while True:
+                try:
+                    index, args = todo.get_nowait()
+                except queue.Empty:
+                    return
+                results[index] = run_isolated(function, args, self.timeout_s, gpu=gpu)
+                if on_result:
+                    on_result(index, results[index])
+
+        threads = [threading.Thread(target=drain, args=(gpu,), daemon=True) for gpu in self.gpus]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+
+def _main(task_path: str, result_path: str) -> int:
+    task = json.loads(Path(task_path).read_text())
+    module_name, _, attr = task["function"].partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+        value = function(**task["args"])
+        json.dumps(value)  # the result must cross the process boundary as JSON
+        payload = {"ok": True, "value": value}
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        payload = {"ok": False, "error": f"{type(exc).__name__}: {first[:500]}",
+                   "traceback": traceback.format_exc()}
+    atomic_write(result_path, json.dumps(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(*sys.argv[1:3]))
