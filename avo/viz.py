@@ -1,0 +1,292 @@
+"""Pictures and tables of a lineage: `python -m avo.lineage {plot,show,export}`.
+
+- plot: lineage.{png,svg}, the graph laid out by generation (longest path from a root), nodes
+  coloured by status and sized by geomean TFLOPS, the committed path drawn heavy; and
+  trajectory.{png,svg}, geomean and per-config TFLOPS of each version on the committed path
+  with FA4 and cuDNN as measured in the same benchmark runs (the nodes' `baselines`).
+- show: one row per node (id, parents, operator, status, geomean, ratio vs FA4, diagnosis).
+- export: the graph as a Mermaid flowchart or as DOT, to render inside markdown or by graphviz.
+
+matplotlib is an optional dependency (`pip install -e ".[viz]"`), imported only to plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+import networkx as nx
+
+from avo.lineage import STATUSES, Lineage, LineageError
+
+__all__ = ["PATH_COLOR", "STATUS_COLORS", "draw_lineage", "draw_trajectory", "generations", "main", "plot",
+           "table", "to_dot", "to_mermaid"]
+
+STATUS_COLORS = {
+    "committed": "#2ca02c",
+    "rejected": "#8c8c8c",
+    "failed_compile": "#d62728",
+    "failed_correctness": "#ff7f0e",
+    "timeout": "#9467bd",
+    "crashed": "#8c564b",
+    "screened": "#17becf",  # compiled only, never run
+    "pending": "#d9d9d9",
+}
+OTHER_COLOR = "#d9d9d9"  # a status this table does not know yet
+PATH_COLOR = "#1f3b99"  # edges of the committed path
+EDGE_COLOR = "#b0b0b0"
+BASELINES = {"fa4": ("FA4", "--"), "cudnn": ("cuDNN", ":")}  # name in `baselines` -> label, line style
+
+
+# ---------------------------------------------------------------------------------------------
+# numbers
+
+
+def generations(graph: nx.DiGraph) -> dict[str, int]:
+    """Depth of each node: 0 for a root, else one more than its deepest parent."""
+    depth: dict[str, int] = {}
+    for node in nx.topological_sort(graph):
+        depth[node] = 1 + max((depth[p] for p in graph.predecessors(node)), default=-1)
+    return depth
+
+
+def _geomean(values) -> float:
+    values = [v for v in values if v and v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else 0.0
+
+
+def _baseline_geomean(node, name: str) -> float:
+    """Geomean of baseline `name` over the configs the node was scored on (same run)."""
+    ref = node.baselines.get(name) or {}
+    configs = [c for c in node.scores if c in ref] or list(ref)
+    return _geomean(ref[c] for c in configs)
+
+
+def _color(status: str) -> str:
+    return STATUS_COLORS.get(status, OTHER_COLOR)
+
+
+def _path_edges(lineage: Lineage) -> set[tuple[str, str]]:
+    path = [c.id for c in lineage.committed_path()]
+    return set(zip(path, path[1:], strict=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# text
+
+
+def table(lineage: Lineage, width: int = 60) -> str:
+    """A fixed-width table, one row per node in creation order."""
+    rows = [("id", "parents", "operator", "status", "geomean", "vs FA4", "diagnosis")]
+    for c in lineage.nodes():
+        fa4 = _baseline_geomean(c, "fa4")
+        ratio = f"{c.geomean / fa4:.3f}" if fa4 and c.geomean else "-"
+        diagnosis = " ".join(c.diagnosis.split())
+        if len(diagnosis) > width:
+            diagnosis = diagnosis[:width - 3] + "..."
+        rows.append((c.id, ",".join(c.parents) or "-", c.operator, c.status,
+                     f"{c.geomean:.1f}" if c.geomean else "-", ratio, diagnosis))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(f"{r[i]:<{w}}" for i, w in enumerate(widths)) + "  " + r[-1] for r in rows)
+
+
+def _label(c) -> str:
+    return f"{c.id} {c.operator}" + (f" {c.geomean:.0f} TFLOPS" if c.geomean else f" {c.status}")
+
+
+def to_dot(lineage: Lineage) -> str:
+    """DOT text: one line per node, one per edge; committed-path edges heavy and coloured."""
+    path = _path_edges(lineage)
+    on_path = {n for e in path for n in e} | {c.id for c in lineage.committed_path()}
+    lines = ["digraph lineage {", "  rankdir=TB;",
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];']
+    for c in lineage.nodes():
+        pen = ", penwidth=3" if c.id in on_path else ""
+        lines.append(f'  "{_dot_escape(c.id)}" [label="{_dot_escape(_label(c))}", '
+                     f'fillcolor="{_color(c.status)}"{pen}];')
+    for u, v in lineage.graph.edges:
+        style = f'color="{PATH_COLOR}", penwidth=3' if (u, v) in path else f'color="{EDGE_COLOR}"'
+        lines.append(f'  "{_dot_escape(u)}" -> "{_dot_escape(v)}" [{style}];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _dot_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def to_mermaid(lineage: Lineage) -> str:
+    """A Mermaid flowchart: one line per node, one per edge (`==>` on the committed path)."""
+    ids: dict[str, str] = {}
+    for c in lineage.nodes():
+        safe = re.sub(r"\W", "_", c.id)
+        ids[c.id] = safe if safe not in ids.values() else f"{safe}_{len(ids)}"
+    path = _path_edges(lineage)
+    lines = ["flowchart TD"]
+    for c in lineage.nodes():
+        label = _label(c).replace('"', "#quot;")
+        lines.append(f'  {ids[c.id]}["{label}"]:::{c.status}')
+    path_links = []
+    for i, (u, v) in enumerate(lineage.graph.edges):
+        arrow = "==>" if (u, v) in path else "-->"
+        if (u, v) in path:
+            path_links.append(str(i))
+        lines.append(f"  {ids[u]} {arrow} {ids[v]}")
+    for status in sorted({c.status for c in lineage.nodes()}):
+        color = _color(status)
+        lines.append(f"  classDef {status} fill:{color},color:#000")
+    if path_links:
+        lines.append(f"  linkStyle {','.join(path_links)} stroke:{PATH_COLOR},stroke-width:3px")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# pictures
+
+
+def _figure(width: float, height: float):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError('plotting needs matplotlib: pip install -e ".[viz]"') from None
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def draw_lineage(lineage: Lineage):
+    """The graph by generation (top to bottom), a matplotlib Figure. Node area grows with geomean
+    TFLOPS, the label gives it; the committed path has heavy blue edges and outlined nodes."""
+    graph = lineage.graph
+    if graph.number_of_nodes() == 0:
+        raise LineageError(f"the lineage at {lineage.root} has no nodes to draw")
+    depth = generations(graph)
+    order = [c.id for c in lineage.nodes()]  # creation order within a generation
+    layers: dict[int, list[str]] = {}
+    for n in order:
+        layers.setdefault(depth[n], []).append(n)
+    pos = nx.multipartite_layout(graph, subset_key=layers, align="horizontal")
+    pos = {n: (x, -y) for n, (x, y) in pos.items()}  # generation 0 on top
+
+    widest = max(list(depth.values()).count(g) for g in set(depth.values()))
+    fig = _figure(max(6.0, 1.6 * widest), max(4.0, 1.3 * (max(depth.values()) + 1)))
+    from matplotlib.lines import Line2D
+
+    ax = fig.add_subplot()
+    nodes = lineage.nodes()
+    top = max((c.geomean for c in nodes), default=0.0) or 1.0
+    path = _path_edges(lineage)
+    on_path = {c.id for c in lineage.committed_path()}
+    sizes = [500 + 1500 * c.geomean / top for c in nodes]
+    nx.draw_networkx_edges(graph, pos, ax=ax, edgelist=list(graph.edges), arrows=True, arrowstyle="-|>",
+                           nodelist=order, node_size=sizes,
+                           edge_color=[PATH_COLOR if e in path else EDGE_COLOR for e in graph.edges],
+                           width=[3.0 if e in path else 1.0 for e in graph.edges])
+    nx.draw_networkx_nodes(graph, pos, ax=ax, nodelist=order, node_size=sizes,
+                           node_color=[_color(c.status) for c in nodes],
+                           edgecolors=[PATH_COLOR if c.id in on_path else "#404040" for c in nodes],
+                           linewidths=[2.5 if c.id in on_path else 0.5 for c in nodes])
+    labels = {c.id: c.id + (f"\n{c.geomean:.0f}" if c.geomean else "") for c in nodes}
+    nx.draw_networkx_labels(graph, pos, labels=labels, ax=ax, font_size=7)
+    present = [s for s in STATUSES if any(c.status == s for c in nodes)]
+    handles = [Line2D([], [], marker="o", linestyle="", markersize=8, color=_color(s), label=s)
+               for s in present]
+    handles.append(Line2D([], [], color=PATH_COLOR, linewidth=3, label="committed path"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    fig.suptitle(f"lineage: {len(nodes)} candidates, {len(on_path)} on the committed path "
+                 "(label: geomean TFLOPS)", fontsize=10)
+    ax.margins(0.12)
+    ax.set_axis_off()
+    return fig
+
+
+def draw_trajectory(lineage: Lineage):
+    """Left: geomean TFLOPS of each committed-path version, with the FA4 and cuDNN geomeans of the
+    same runs. Right: per-config TFLOPS (solid) with each baseline in the config's colour."""
+    path = lineage.committed_path()
+    if not path:
+        raise LineageError(f"the lineage at {lineage.root} has no committed node")
+    x = list(range(len(path)))
+    fig = _figure(max(8.0, 0.9 * len(path) + 6), 4.0)
+    ax_geo, ax_cfg = fig.subplots(1, 2)
+    ax_geo.plot(x, [c.geomean for c in path], marker="o", color="black", linewidth=2, label="avo")
+    for name, (label, style) in BASELINES.items():
+        ys = [_baseline_geomean(c, name) or math.nan for c in path]
+        if any(not math.isnan(y) for y in ys):
+            ax_geo.plot(x, ys, linestyle=style, color="black", alpha=0.6, label=f"{label} (same run)")
+    configs = sorted({cfg for c in path for cfg in c.scores})
+    for i, cfg in enumerate(configs):
+        color = f"C{i % 10}"
+        ax_cfg.plot(x, [c.scores.get(cfg, math.nan) for c in path], marker="o", color=color, label=cfg)
+        for name, (label, style) in BASELINES.items():
+            ys = [(c.baselines.get(name) or {}).get(cfg, math.nan) for c in path]
+            if any(not math.isnan(y) for y in ys):
+                ax_cfg.plot(x, ys, linestyle=style, color=color, alpha=0.7, label=f"{cfg} {label}")
+    for ax, title in ((ax_geo, "geomean TFLOPS"), (ax_cfg, "TFLOPS per config")):
+        ax.set_xticks(x, [c.id for c in path], rotation=45, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("TFLOPS")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    archs = sorted({c.arch for c in path if c.arch})
+    fig.suptitle("committed versions" + (f" ({', '.join(archs)})" if archs else ""), fontsize=11)
+    return fig
+
+
+def plot(lineage: Lineage, out_dir: str | Path) -> list[Path]:
+    """Write lineage.{png,svg} and, when something is committed, trajectory.{png,svg}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = {"lineage": draw_lineage(lineage)}
+    if lineage.committed_path():
+        figures["trajectory"] = draw_trajectory(lineage)
+    written = []
+    for name, fig in figures.items():
+        for suffix in ("png", "svg"):
+            path = out_dir / f"{name}.{suffix}"
+            fig.savefig(path, dpi=150)
+            written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m avo.lineage", description="Pictures and tables of a lineage.")
+    ap.add_argument("--archive", default="archive", help="lineage directory (default: archive/)")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p_plot = sub.add_parser("plot", help="write lineage.{png,svg} and trajectory.{png,svg}")
+    p_plot.add_argument("--out", default=None, help="output directory (default: the archive directory)")
+    sub.add_parser("show", help="print one row per node")
+    p_export = sub.add_parser("export", help="the graph as Mermaid or DOT")
+    p_export.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    p_export.add_argument("--out", default=None, help="write lineage.mmd / lineage.dot here instead of printing")
+    for p in (p_plot, p_export):  # also accepted after the subcommand
+        p.add_argument("--archive", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    try:
+        lineage = Lineage.load(args.archive)
+        if len(lineage) == 0:
+            raise LineageError(f"no lineage at {args.archive} (no lineage.json, or no nodes in it)")
+        if args.command == "show":
+            print(table(lineage))
+        elif args.command == "plot":
+            for path in plot(lineage, args.out or args.archive):
+                print(path)
+        else:
+            text = to_mermaid(lineage) if args.format == "mermaid" else to_dot(lineage)
+            if args.out is None:
+                sys.stdout.write(text)
+            else:
+                path = Path(args.out) / ("lineage.mmd" if args.format == "mermaid" else "lineage.dot")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                print(path)
+    except (LineageError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

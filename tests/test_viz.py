@@ -1,0 +1,156 @@
+"""Lineage pictures, table and exports on an 8-node fixture with every kind of outcome."""
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avo import viz
+from avo.lineage import Candidate, Lineage
+
+REPO = Path(__file__).resolve().parent.parent
+FA4 = {"mha_s4k": 400.0, "gqa_s8k": 500.0}
+CUDNN = {"mha_s4k": 350.0, "gqa_s8k": 450.0}
+# id: (parents, operator, status, scores); geomean is computed from the scores
+NODES = {
+    "v0000": ([], "seed", "committed", {"mha_s4k": 280.0, "gqa_s8k": 320.0}),
+    "v0001": (["v0000"], "knobs", "failed_compile", {}),
+    "v0002": (["v0000"], "agent", "committed", {"mha_s4k": 300.0, "gqa_s8k": 360.0}),
+    "v0003": (["v0002"], "agent", "failed_correctness", {}),
+    "v0004": (["v0002"], "knobs", "rejected", {"mha_s4k": 290.0, "gqa_s8k": 350.0}),
+    "v0005": (["v0002"], "agent", "committed", {"mha_s4k": 360.0, "gqa_s8k": 450.0}),
+    "v0006": (["v0005", "v0004"], "agent", "timeout", {}),
+    "v0007": (["v0005"], "agent", "crashed", {}),
+}
+GENERATIONS = {"v0000": 0, "v0001": 1, "v0002": 1, "v0003": 2, "v0004": 2, "v0005": 2, "v0006": 3, "v0007": 3}
+PATH = ["v0000", "v0002", "v0005"]
+
+
+def _geomean(values):
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else 0.0
+
+
+@pytest.fixture
+def lineage(tmp_path):
+    lineage = Lineage.load(tmp_path / "archive")
+    for i, (node_id, (parents, operator, status, scores)) in enumerate(NODES.items()):
+        committed = status == "committed"
+        lineage.add(Candidate(id=node_id, parents=parents, operator=operator, status=status, scores=scores,
+                              geomean=_geomean(list(scores.values())), arch="sm_90a", created=1000.0 + i,
+                              baselines={"fa4": FA4, "cudnn": CUDNN} if scores else {},
+                              diagnosis="x" * 200 if node_id == "v0003" else ""),
+                    source_text=f"KERNEL = {node_id!r}\n" if committed else None)
+    return lineage
+
+
+def test_generations_are_depth_from_the_roots(lineage):
+    assert viz.generations(lineage.graph) == GENERATIONS
+
+
+def test_lineage_figure_draws_every_node_by_status_and_generation(lineage):
+    from matplotlib.collections import PathCollection
+    from matplotlib.colors import to_hex
+    from matplotlib.patches import FancyArrowPatch
+
+    ax = viz.draw_lineage(lineage).axes[0]
+    (nodes,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+    offsets = nodes.get_offsets()
+    assert len(offsets) == len(NODES) == lineage.graph.number_of_nodes()
+    # drawn in creation order: colour by status, one row per generation, top to bottom
+    assert [to_hex(c) for c in nodes.get_facecolors()] == [viz.STATUS_COLORS[NODES[n][2]] for n in NODES]
+    rows = {}
+    for node_id, (_, y) in zip(NODES, offsets, strict=True):
+        rows.setdefault(GENERATIONS[node_id], set()).add(round(float(y), 6))
+    assert all(len(ys) == 1 for ys in rows.values())
+    by_generation = [next(iter(rows[g])) for g in sorted(rows)]
+    assert by_generation == sorted(set(by_generation), reverse=True)  # strictly downwards
+    xs = dict(zip(NODES, offsets[:, 0].tolist(), strict=True))  # creation order, left to right
+    assert xs["v0003"] < xs["v0004"] < xs["v0005"] and xs["v0006"] < xs["v0007"]
+    # area grows with geomean: the incumbent is the biggest, failures the smallest
+    sizes = dict(zip(NODES, nodes.get_sizes(), strict=True))
+    assert max(sizes, key=sizes.get) == "v0005"
+    assert sizes["v0001"] == sizes["v0003"] == min(sizes.values())
+    # one arrow per edge; exactly the committed path's edges are heavy and blue
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == lineage.graph.number_of_edges() == 8
+    heavy = [a for a in arrows if to_hex(a.get_edgecolor()) == viz.PATH_COLOR]
+    assert len(heavy) == len(PATH) - 1 and all(a.get_linewidth() == 3.0 for a in heavy)
+
+
+def test_trajectory_plots_committed_versions_and_same_run_baselines(lineage):
+    ax_geo, ax_cfg = viz.draw_trajectory(lineage).axes
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax_geo.get_lines()}
+    assert lines["avo"] == pytest.approx([_geomean(list(NODES[n][3].values())) for n in PATH])
+    assert lines["FA4 (same run)"] == pytest.approx([_geomean(list(FA4.values()))] * 3)
+    assert lines["cuDNN (same run)"] == pytest.approx([_geomean(list(CUDNN.values()))] * 3)
+    assert [t.get_text() for t in ax_geo.get_xticklabels()] == PATH
+    per_config = {line.get_label(): list(line.get_ydata()) for line in ax_cfg.get_lines()}
+    assert len(per_config) == 2 * 3  # two configs, each with avo, FA4, cuDNN
+    assert per_config["gqa_s8k"] == [320.0, 360.0, 450.0]
+    assert per_config["mha_s4k FA4"] == [400.0] * 3
+
+
+def test_plot_writes_png_and_svg(lineage, tmp_path):
+    written = viz.plot(lineage, tmp_path / "pics")
+    assert sorted(p.name for p in written) == ["lineage.png", "lineage.svg", "trajectory.png", "trajectory.svg"]
+    for path in written:
+        head = path.read_bytes()[:400]
+        assert head.startswith(b"\x89PNG") if path.suffix == ".png" else b"<svg" in head
+
+
+def test_dot_export_has_one_line_per_node_and_edge(lineage):
+    dot = viz.to_dot(lineage)
+    node_lines = re.findall(r'^  "(v\d+)" \[label=', dot, re.M)
+    edge_lines = re.findall(r'^  "(v\d+)" -> "(v\d+)" \[(.*)\];$', dot, re.M)
+    assert sorted(node_lines) == sorted(NODES)
+    assert sorted((u, v) for u, v, _ in edge_lines) == sorted(lineage.graph.edges)
+    heavy = [(u, v) for u, v, style in edge_lines if viz.PATH_COLOR in style]
+    assert heavy == list(zip(PATH, PATH[1:], strict=False))
+    assert f'"v0001" [label="v0001 knobs failed_compile", fillcolor="{viz.STATUS_COLORS["failed_compile"]}"' in dot
+    assert dot.startswith("digraph lineage {") and dot.rstrip().endswith("}")
+
+
+def test_mermaid_export_has_one_line_per_node_and_edge(lineage):
+    text = viz.to_mermaid(lineage)
+    assert text.startswith("flowchart TD\n")
+    nodes = re.findall(r'^  (\w+)\["[^"]*"\]:::(\w+)$', text, re.M)
+    assert nodes == [(n, NODES[n][2]) for n in NODES]
+    edges = re.findall(r"^  (\w+) (-->|==>) (\w+)$", text, re.M)
+    assert len(edges) == 8 and sorted((u, v) for u, _, v in edges) == sorted(lineage.graph.edges)
+    assert [(u, v) for u, arrow, v in edges if arrow == "==>"] == list(zip(PATH, PATH[1:], strict=False))
+    assert 'v0005["v0005 agent 402 TFLOPS"]:::committed' in text
+
+
+def test_table_has_ratio_vs_fa4_and_truncated_diagnosis(lineage):
+    lines = viz.table(lineage).splitlines()
+    assert lines[0].split() == ["id", "parents", "operator", "status", "geomean", "vs", "FA4", "diagnosis"]
+    assert [line.split()[0] for line in lines[1:]] == list(NODES)
+    row = dict(zip(NODES, lines[1:], strict=True))
+    ratio = _geomean([360.0, 450.0]) / _geomean(list(FA4.values()))
+    assert row["v0005"].split()[:6] == ["v0005", "v0002", "agent", "committed", "402.5", f"{ratio:.3f}"]
+    assert row["v0006"].split()[1] == "v0005,v0004" and row["v0006"].split()[4:6] == ["-", "-"]
+    assert row["v0003"].endswith("x" * 57 + "...")
+
+
+def test_cli_dispatches_from_avo_lineage(lineage, tmp_path, capsys):
+    archive = str(lineage.root)
+    assert viz.main(["--archive", archive, "export", "--format", "dot", "--out", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / "lineage.dot").read_text() == viz.to_dot(lineage)
+    assert viz.main(["--archive", archive, "plot", "--out", str(tmp_path / "p")]) == 0
+    assert len(list((tmp_path / "p").iterdir())) == 4
+    assert viz.main(["--archive", str(tmp_path / "nothing"), "show"]) == 1
+    expected = f"error: no lineage at {tmp_path / 'nothing'} (no lineage.json, or no nodes in it)"
+    assert capsys.readouterr().err.strip() == expected
+    proc = subprocess.run([sys.executable, "-m", "avo.lineage", "--archive", archive, "export", "--format",
+                           "mermaid"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == viz.to_mermaid(lineage)
+
+
+def test_missing_matplotlib_is_a_clear_error(lineage, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match=re.escape('plotting needs matplotlib: pip install -e ".[viz]"')):
+        viz.draw_lineage(lineage)
