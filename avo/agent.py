@@ -66,13 +66,15 @@ class StepBudget:
 
 
 class Workbench(Protocol):
-    """The harness as the agent sees it. Every method returns a JSON-able dict.
+    """The harness as the agent sees it (avo.workbench.HarnessWorkbench implements it). Every
+    method returns a JSON-able dict, shown to the model as it is (truncated when long).
 
-    compile(path)  -> {"ok": bool, "report": {registers, spills, smem, ...}} or
-                      {"ok": False, "error": {stage, message, file, line}}
+    compile(path)  -> {"ok": True, "report": ...} (registers, spills, shared memory per arch/spec)
+                      or {"ok": False, "error": ...} (stage, message, line)
     test(path)     -> the correctness report on every shape of the suite
-    benchmark(path)-> scores per config and geomean vs the incumbent
-    submit(path, rationale) -> {"status": committed|rejected|failed_*, "node_id", "geomean", ...}
+    benchmark(path)-> scores per config and geomean vs the incumbent, same run
+    submit(path, rationale) -> {"status": committed|rejected|failed_*|..., "node_id", "geomean", ...}
+    Exceptions are caught by the agent loop and shown to the model as a harness error.
     """
 
     def compile(self, path: Path) -> dict: ...
@@ -127,10 +129,12 @@ file, the candidate; it starts as a copy of its parent version.
 
 The commit rule, applied by the harness after you call submit, not by you: the candidate is \
 compiled, checked against an fp32 reference on fresh random inputs for every config of the suite, \
-and benchmarked in the same run as the incumbent; it is committed only if it is correct everywhere \
-and its geomean TFLOPS is at least the incumbent's. A wrong result on any shape rejects it. \
-The harness rejects tricks: skipped work, cached or stale outputs, side streams, lower precision, \
-timer games. Do not try them; read knowledge/harness.md.
+and benchmarked interleaved with the incumbent in the same run; it is committed only if it is \
+correct everywhere and its geomean TFLOPS is not below the incumbent's beyond the measured noise. \
+A wrong result on any shape rejects it. A kernel module may import only the DSL (cutlass, cuda) and \
+plain Python helpers (math, typing, dataclasses, functools, ...). The harness rejects tricks: \
+skipped work, cached or stale outputs, side streams, lower precision, timer games. Do not try \
+them; read knowledge/harness.md.
 
 The kernel contract: the module defines KERNEL, a class built as KERNEL(spec) with \
 can_implement(spec) -> (ok, reason) and a @cute.jit __call__(mQ, mK, mV, mO, mLSE, softmax_scale, \
@@ -358,7 +362,9 @@ class _Session:
     def t_submit(self, rationale: str):
         self.result.rationale = str(rationale)
         report = self._harness("submit", str(rationale))
-        if report.get("error", {}).get("stage") == "harness":
+        if not isinstance(report, dict):
+            report = {"status": "crashed", "error": f"workbench.submit returned {type(report).__name__}"}
+        elif "status" not in report:  # the harness itself failed (see _harness)
             report = {"status": "crashed", **report}
         self.result.submit = report
         self.ended = "submitted"

@@ -23,7 +23,7 @@ from avo.knowledge import (
     ("tcgen05 TMEM tensor memory", "blackwell.md", "What is new"),
     ("const_expr range_constexpr trace time", "cute_dsl.md", "Compile-time vs run-time"),
     ("commit rule incumbent geomean", "harness.md", "The commit rule"),
-    ("spills stack_frame_bytes compile report", "harness.md", "compile() report"),
+    ("spills stack_frame_bytes compile report", "harness.md", "compile()"),
     ("FA4 cuDNN H200 measured TFLOPS", "tried.md", "2026-11-22 FA4 and cuDNN on H200"),
 ])
 def test_knowledge_search_ranks_the_right_section_first(query, path, heading):
