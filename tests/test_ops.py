@@ -1,0 +1,318 @@
+"""avo.attention as a torch op: fake shapes, input errors and kernel choice here; numbers,
+opcheck, torch.compile and CUDA graphs on a GPU."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import avo
+from avo import jit, ops
+from avo.lineage import Candidate, Lineage, LineageError
+from avo.reference import reference_attention
+from avo.spec import AttentionSpec
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_import_avo_stays_cheap():
+    code = ("import sys, avo; assert 'torch' not in sys.modules, 'import avo pulled torch'; "
+            "f = avo.attention; import avo.ops; assert f is avo.ops.attention and avo.load is avo.ops.load")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with pytest.raises(AttributeError, match="module 'avo' has no attribute 'attentoin'"):
+        avo.attentoin  # noqa: B018
+
+
+# ---------------------------------------------------------------------------------------------
+# the fake (meta) implementation
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(2, 100, 8, 8, 300, 128), (3, 1, 32, 4, 4096, 64), (1, 513, 6, 2, 17, 256)])
+def test_fake_gives_the_shapes_and_dtypes_of_the_kernel(shape, dtype):
+    batch, seqlen_q, heads_q, heads_kv, seqlen_k, head_dim = shape
+    with FakeTensorMode():
+        # q as a transposed view of (batch, heads, seqlen, d): out is still laid out (b, s, h, d)
+        q = torch.empty(batch, heads_q, seqlen_q, head_dim, dtype=dtype, device="cuda").transpose(1, 2)
+        k = torch.empty(batch, seqlen_k, heads_kv, head_dim, dtype=dtype, device="cuda")
+        out, lse = avo.attention(q, k, k, causal=True, return_lse=True)
+        alone = avo.attention(q, k, k)
+    assert isinstance(alone, torch.Tensor) and alone.shape == q.shape
+    assert (out.shape, out.dtype, out.device.type) == (q.shape, dtype, "cuda")
+    assert out.is_contiguous()
+    assert (lse.shape, lse.dtype, lse.device.type) == ((batch, heads_q, seqlen_q), torch.float32, "cuda")
+
+
+def test_op_on_meta_tensors_uses_the_fake():
+    q = torch.empty(2, 64, 4, 128, dtype=torch.bfloat16, device="meta")
+    k = torch.empty(2, 80, 2, 128, dtype=torch.bfloat16, device="meta")
+    out, lse = torch.ops.avo.attention_fwd(q, k, k, False, 0.125, "")
+    assert (out.shape, out.dtype) == (q.shape, torch.bfloat16)
+    assert (tuple(lse.shape), lse.dtype) == ((2, 4, 64), torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors for input the kernels do not take
+
+
+def _bf16(*shape):
+    return torch.zeros(*shape, dtype=torch.bfloat16)
+
+
+_Q = _bf16(2, 16, 4, 64)
+_BAD = {
+    "not a tensor": ((_Q, [1.0], _Q), TypeError, "avo.attention: k must be a torch.Tensor, got list"),
+    "ndim": ((_bf16(2, 16, 64), _Q, _Q), ValueError,
+             "avo.attention: q must be 4-D (batch, seqlen, heads, head_dim), got shape (2, 16, 64)"),
+    "fp32": ((_Q.float(), _Q.float(), _Q.float()), TypeError,
+             "avo.attention: q has dtype torch.float32; the kernels take torch.bfloat16 or torch.float16"),
+    "mixed dtypes": ((_Q, _Q.half(), _Q.half()), TypeError,
+                     "avo.attention: q, k, v must share one dtype, got torch.bfloat16, torch.float16, torch.float16"),
+    "k vs v": ((_Q, _Q, _bf16(2, 17, 4, 64)), ValueError,
+               "avo.attention: k and v must have the same shape, got (2, 16, 4, 64) and (2, 17, 4, 64)"),
+    "batch": ((_Q, _bf16(3, 16, 4, 64), _bf16(3, 16, 4, 64)), ValueError,
+              "avo.attention: batch differs: q has 2, k and v have 3"),
+    "head_dim mismatch": ((_Q, _bf16(2, 16, 4, 128), _bf16(2, 16, 4, 128)), ValueError,
+                          "avo.attention: head_dim differs: q has 64, k and v have 128"),
+    "gqa": ((_bf16(2, 16, 6, 64), _Q, _Q), ValueError, "avo.attention: heads_q 6 is not a multiple of heads_kv 4"),
+    "head_dim": ((_bf16(2, 16, 4, 96),) * 3, ValueError,
+                 "avo.attention: head_dim 96 not supported; the kernels take 64, 128, 256"),
+    "last dim": ((_bf16(2, 16, 4, 128)[..., ::2], _Q, _Q), ValueError,
+                 "avo.attention: q's last dim must be contiguous (stride 1), got stride 2; pass q.contiguous()"),
+    "stride": ((_Q, _bf16(2, 16, 4, 68)[..., :64], _Q), ValueError,
+               "avo.attention: k's strides (4352, 272, 68, 1) must be multiples of 8 elements (16 bytes, for TMA); "
+               "pass k.contiguous()"),
+    "devices": ((_Q, _Q.to("meta"), _Q), ValueError,
+                "avo.attention: q, k, v must be on one device, got cpu, meta, cpu"),
+    "cpu": ((_Q, _Q, _Q), ValueError, "avo.attention: q, k, v are on cpu; the kernels run on CUDA tensors"),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD))
+def test_bad_input_is_a_one_line_error(case):
+    args, error, message = _BAD[case]
+    with pytest.raises(error) as exc:
+        avo.attention(*args)
+    assert str(exc.value) == message
+
+
+def test_bad_softmax_scale_is_a_type_error():
+    with FakeTensorMode():
+        q = torch.empty(1, 8, 2, 64, dtype=torch.bfloat16, device="cuda")
+        with pytest.raises(TypeError) as exc:
+            avo.attention(q, q, q, softmax_scale="0.1")
+    assert str(exc.value) == "avo.attention: softmax_scale must be a float or None, got str"
+
+
+# ---------------------------------------------------------------------------------------------
+# which kernel runs: compile-only, so these run without a GPU
+
+
+_REFUSES = """
+class K:
+    @staticmethod
+    def can_implement(spec):
+        return False, "only head_dim 128"
+
+KERNEL = K
+"""
+
+
+@pytest.fixture
+def archive(tmp_path):
+    """v0000 naive kernel (sm_90a), v0001 better but refuses every spec (sm_90a), v0002 best but
+    sm_100a, v0003 best of all but rejected."""
+    lineage = Lineage.load(tmp_path / "archive")
+    naive = jit.render("naive_attention").read_text()
+    rows = [("v0000", "committed", "sm_90a", 100.0, naive), ("v0001", "committed", "sm_90a", 300.0, _REFUSES),
+            ("v0002", "committed", "sm_100a", 500.0, naive), ("v0003", "rejected", "sm_90a", 900.0, None)]
+    for i, (node_id, status, arch, geomean, source) in enumerate(rows):
+        lineage.add(Candidate(id=node_id, parents=["v0000"] if i else [], status=status, arch=arch,
+                              geomean=geomean, created=1000.0 + i), source_text=source)
+    return lineage.root
+
+
+def test_candidates_are_committed_nodes_of_the_arch_best_first_then_the_seed(archive):
+    best = ops.load(None, archive)
+    assert best.candidates("sm_90a") == [("v0001", archive / "sources/v0001.py"),
+                                         ("v0000", archive / "sources/v0000.py"), ("seed:flash_fwd_sm90", None)]
+    assert best.candidates("sm_100a") == [("v0002", archive / "sources/v0002.py")]  # no sm_100a seed
+    assert ops.load("v0002", archive).candidates("sm_100a") == [("v0002", archive / "sources/v0002.py")]
+    with pytest.raises(ValueError, match="^avo.attention: node v0002 was evolved for sm_100a, not sm_90a$"):
+        ops.load("v0002", archive).candidates("sm_90a")
+
+
+def test_the_first_candidate_that_compiles_for_the_spec_is_chosen(archive):
+    best = ops.load(None, archive)
+    spec = AttentionSpec(dtype="bf16", head_dim=64, causal=True, qhead_per_kvhead=2)
+    kernel = best.kernel(spec, "sm_90a")
+    assert best.chosen[(spec, "sm_90a")] == "v0000"  # v0001 refuses the spec
+    assert kernel.source == (archive / "sources/v0000.py").resolve()
+    assert kernel.spec == spec and kernel.arch == "sm_90a" and kernel.report["registers"] > 0
+    assert best.kernel(spec, "sm_90a") is kernel  # kept for the life of the object
+    assert ops.load(None, archive) is best
+
+
+def test_no_kernel_is_a_clear_error(archive, tmp_path):
+    spec = AttentionSpec(dtype="bf16", head_dim=96)
+    lineage = Lineage.load(tmp_path / "refusing")
+    lineage.add(Candidate(id="v0000", status="committed", arch="sm_90a", geomean=1.0), source_text=_REFUSES)
+    with pytest.raises(RuntimeError) as exc:
+        ops.load(None, lineage.root).kernel(spec, "sm_90a")
+    message = str(exc.value)
+    assert "\n" not in message
+    assert message.startswith("avo.attention: no kernel compiles for bf16_d96_full_g1 on sm_90a; tried v0000 "
+                              "(unsupported: can_implement rejected bf16_d96_full_g1: only head_dim 128); "
+                              "seed:flash_fwd_sm90 (unsupported: can_implement rejected bf16_d96_full_g1: head_dim 96")
+    with pytest.raises(RuntimeError) as exc:
+        ops.load(None, tmp_path / "empty").kernel(spec, "sm_100a")
+    assert str(exc.value) == (f"avo.attention: no kernel for sm_100a: {tmp_path / 'empty'} has no committed sm_100a "
+                              "node and there is no sm_100a seed (seeds: sm_90a)")
+
+
+def test_load_checks_the_node(archive):
+    with pytest.raises(LineageError, match="^no node 'v9999' in the lineage at"):
+        ops.load("v9999", archive)
+    with pytest.raises(LineageError, match="^node v0003 is rejected; only committed nodes keep their source$"):
+        ops.load("v0003", archive)
+    loaded = ops.load("v0000", archive)
+    assert loaded.handle == f"v0000@{archive.resolve()}" and ops._instance(loaded.handle) is loaded
+
+
+def test_seed_is_the_fallback_and_prepare_compiles_it(tmp_path):
+    spec = AttentionSpec(dtype="bf16", head_dim=128, causal=True)
+    owner = ops.load(None, tmp_path / "no_archive")
+    kernel = owner.prepare(spec, arch="sm_90a")
+    assert owner.chosen[(spec, "sm_90a")] == "seed:flash_fwd_sm90"
+    assert kernel.source.name.startswith("flash_fwd_sm90_") and kernel.report["ptx_wgmma"] > 0
+    assert kernel.runnable == (jit.current_arch() == "sm_90a")
+
+
+# ---------------------------------------------------------------------------------------------
+# on a GPU
+
+
+def _poison_allocator(nbytes: int):
+    """Fill freed memory with NaN so that a kernel leaving any output element unwritten fails."""
+    torch.full((nbytes // 4 + 1,), float("nan"), device="cuda")
+    torch.cuda.synchronize()
+
+
+def _inputs(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype=torch.bfloat16):
+    q = torch.randn(batch, seqlen_q, heads_q, head_dim, device="cuda", dtype=dtype)
+    k = torch.randn(batch, seqlen_k, heads_kv, head_dim, device="cuda", dtype=dtype)
+    v = torch.randn(batch, seqlen_k, heads_kv, head_dim, device="cuda", dtype=dtype)
+    return q, k, v
+
+
+def _assert_matches_reference(out, lse, q, k, v, causal, scale):
+    ref_out, ref_lse = reference_attention(q, k, v, causal=causal, softmax_scale=scale)
+    assert not out.isnan().any() and not lse.isnan().any()
+    err = (out.float() - ref_out).abs().max().item()
+    rounding = (ref_out.to(q.dtype).float() - ref_out).abs().max().item()  # what the dtype alone costs
+    assert err <= 2 * rounding + 1e-3, (err, rounding)
+    finite = ref_lse.isfinite()
+    assert torch.equal(lse.isfinite(), finite)
+    assert (lse[finite] - ref_lse[finite]).abs().max().item() < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", [(2, 300, 517, 8, 8, 128), (1, 1000, 1000, 8, 2, 128), (2, 257, 129, 4, 1, 64)],
+                         ids=["mha", "gqa4", "mqa_d64"])
+def test_op_matches_the_fp32_reference(shape, causal):
+    batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim = shape
+    q, k, v = _inputs(*shape)
+    scale = 0.7 / math.sqrt(head_dim)
+    _poison_allocator(2 * q.numel() * 4)
+    out, lse = avo.attention(q, k, v, causal=causal, softmax_scale=scale, return_lse=True)
+    torch.cuda.synchronize()
+    assert out.shape == q.shape and lse.shape == (batch, heads_q, seqlen_q)
+    _assert_matches_reference(out, lse, q, k, v, causal, scale)
+    # the default scale is 1/sqrt(head_dim)
+    out, lse = avo.attention(q, k, v, causal=causal, return_lse=True)
+    _assert_matches_reference(out, lse, q, k, v, causal, 1 / math.sqrt(head_dim))
+
+
+@pytest.mark.gpu
+def test_empty_inputs_follow_the_reference_convention():
+    q, k, v = _inputs(2, 16, 0, 4, 4, 128)
+    out, lse = avo.attention(q, k, v, return_lse=True)
+    assert torch.equal(out, torch.zeros_like(q)) and bool((lse == -math.inf).all())
+    q, k, v = _inputs(0, 16, 16, 4, 4, 128)
+    out, lse = avo.attention(q, k, v, return_lse=True)
+    assert out.shape == q.shape and lse.shape == (0, 4, 16)
+
+
+@pytest.mark.gpu
+def test_opcheck():
+    q, k, v = _inputs(2, 128, 192, 8, 2, 128)
+    torch.library.opcheck(torch.ops.avo.attention_fwd.default, (q, k, v, True, 0.088, ""))
+
+
+class _TinyAttention(torch.nn.Module):
+    def __init__(self, dim=512, heads=4, kv_heads=2, head_dim=128):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.qkv = torch.nn.Linear(dim, (heads + 2 * kv_heads) * head_dim, bias=False)
+        self.proj = torch.nn.Linear(heads * head_dim, dim, bias=False)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q, k, v = self.qkv(x).split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
+                                     self.kv_heads * self.head_dim], dim=-1)
+        q = q.view(b, s, self.heads, self.head_dim)
+        k = k.view(b, s, self.kv_heads, self.head_dim)
+        v = v.view(b, s, self.kv_heads, self.head_dim)
+        return self.proj(avo.attention(q, k, v, causal=True).reshape(b, s, -1))
+
+
+@pytest.mark.gpu
+def test_torch_compile_fullgraph_gives_the_same_numbers():
+    torch.manual_seed(0)
+    model = _TinyAttention().cuda().to(torch.bfloat16)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        for seqlen in (256, 384):
+            x = torch.randn(2, seqlen, 512, device="cuda", dtype=torch.bfloat16)
+            eager, traced = model(x), compiled(x)
+            assert not traced.isnan().any()
+            torch.testing.assert_close(traced, eager)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_gives_the_same_numbers():
+    q, k, v = _inputs(2, 512, 512, 8, 2, 128)
+    ops.prepare(q, k, v, causal=True)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up on a side stream, as torch's CUDA-graph docs ask
+        avo.attention(q, k, v, causal=True)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = avo.attention(q, k, v, causal=True, return_lse=True)
+    for _ in range(2):  # new numbers into the captured inputs, then replay
+        for t in (q, k, v):
+            t.copy_(torch.randn_like(t))
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        eager_out, eager_lse = avo.attention(q, k, v, causal=True, return_lse=True)
+        assert torch.equal(out, eager_out) and torch.equal(lse, eager_lse)
+        _assert_matches_reference(out, lse, q, k, v, True, 1 / math.sqrt(128))
+
+
+@pytest.mark.gpu
+def test_capture_without_prepare_is_a_clear_error(tmp_path):
+    fresh = ops.load(None, tmp_path / "archive")  # its own kernel table: nothing loaded yet
+    q, k, v = _inputs(1, 128, 128, 2, 2, 64)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="no kernel loaded for bf16_d64_full_g1 and a CUDA graph is being"):
+        with torch.cuda.graph(graph):
+            fresh(q, k, v)
