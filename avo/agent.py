@@ -167,7 +167,7 @@ def _first_message(lineage, parent_id: str | None, candidate: Path, budget: Step
         if parent_id and parent_id in lineage:
             node = lineage.get(parent_id)
             parts.append(f"Parent {parent_id}: status {node.status}, geomean {node.geomean:.1f} TFLOPS.")
-        recent = [n for n in lineage.nodes() if n.operator != "seed"][-6:]
+        recent = [n for n in lineage.nodes() if n.operator != "seed" and n.status != "pending"][-6:]
         if recent:
             parts.append("Most recent attempts:\n" + "\n".join(
                 f"- {n.id} ({n.operator}, {n.status}, {n.geomean:.1f}): {(n.rationale or n.diagnosis)[:160]}"

@@ -4,6 +4,8 @@ Two rules, over the steps since the last commit:
 - stagnation: `stall_steps` steps in a row without a commit (fires again at every further multiple);
 - unproductive cycle: the latest step repeats an edit (same `edit_hash`) or a failure (same
   diagnosis once numbers, paths and hex are stripped) already seen `repeat_limit - 1` times.
+  Failures are failed_*, timeout, crashed and steps that ended unsubmitted; a correct candidate
+  that was merely slower ("rejected") is stagnation's business, not a repeated failure.
 
 A finding becomes a `Redirect`: directions for the next step's prompt and, on stagnation, an older
 committed node to fork from (one close to the best but less explored). With an endpoint the model
@@ -77,6 +79,10 @@ def _since_last_commit(records: list[StepRecord]) -> list[StepRecord]:
     return tail[::-1]
 
 
+def _is_failure(r: StepRecord) -> bool:
+    return r.status not in ("committed", "rejected", "screened", "pending")
+
+
 def detect(records: list[StepRecord], config: SupervisorConfig = SupervisorConfig()) -> list[Finding]:
     """The findings that fire on the latest step (empty on a healthy trajectory)."""
     # an endpoint outage says nothing about the search: those steps are not counted
@@ -94,9 +100,9 @@ def detect(records: list[StepRecord], config: SupervisorConfig = SupervisorConfi
         if n >= config.repeat_limit:
             found.append(Finding("repeated_edit", n, f"the same edit ({last.edit_hash}) was tried {n} times: "
                                  f"{last.rationale[:200]}"))
-    if last.diagnosis:
+    if last.diagnosis and _is_failure(last):
         sig = diagnosis_signature(last.diagnosis)
-        n = sum(diagnosis_signature(r.diagnosis) == sig for r in tail if r.diagnosis)
+        n = sum(diagnosis_signature(r.diagnosis) == sig for r in tail if r.diagnosis and _is_failure(r))
         if n >= config.repeat_limit:
             found.append(Finding("repeated_failure", n, f"the same failure {n} times: {last.diagnosis[:300]}"))
     return found

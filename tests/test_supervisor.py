@@ -61,18 +61,30 @@ def test_stall_fires_at_n_steps_and_forks_to_a_less_explored_near_best_node():
     assert [f.kind for f in detect(records, CFG)] == ["stagnation"]
 
 
+def _failed(step, edit, diagnosis):
+    return StepRecord(step=step, status="failed_compile", parent_id="v2", edit_hash=edit, diagnosis=diagnosis)
+
+
 def test_repeated_failure_fires_even_when_the_numbers_differ():
     records = [StepRecord(step=0, status="committed", node_id="v2")]
     failure = "compile failed (/tmp/run/cand_{n}.py:{n}7): DSLRuntimeError: register count {n}9 exceeds 0x{n}ff"
-    records += [_rejected(i, f"e{i}", diagnosis=failure.format(n=i)) for i in (1, 2)]
+    records += [_failed(i, f"e{i}", diagnosis=failure.format(n=i)) for i in (1, 2)]
     assert detect(records, CFG) == []
-    records.append(_rejected(3, "e3", diagnosis=failure.format(n=3)))
+    records.append(_failed(3, "e3", diagnosis=failure.format(n=3)))
     findings = detect(records, CFG)
     assert [f.kind for f in findings] == ["repeated_failure"] and findings[0].count == 3
     redirect = review(records, _nodes(), CFG)
     assert redirect.fork_from is None and "same failure happened 3 times" in redirect.directions
     assert diagnosis_signature(failure.format(n=1)) == diagnosis_signature(failure.format(n=8))
     assert diagnosis_signature("spills 24 bytes") != diagnosis_signature("smem over budget")
+
+
+def test_slower_but_correct_candidates_are_not_a_repeated_failure():
+    # the harness's diagnosis of a rejected candidate differs only in numbers: stagnation's business
+    slow = "correct; geomean {g} TFLOPS, 0.98{g}x the incumbent (noise 0.50%)"
+    records = [StepRecord(step=0, status="committed")] + [_rejected(i, f"e{i}", slow.format(g=600 + i))
+                                                          for i in (1, 2, 3)]
+    assert detect(records, CFG) == []
 
 
 def test_repeated_edit_fires_and_a_commit_resets_the_count():
