@@ -46,7 +46,7 @@ class EndpointConfig:
     base_url: str
     model: str
     api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key, never the key
-    temperature: float = 0.2
+    temperature: float | None = 0.2  # None: not sent (some reasoning models accept only the default)
     request_timeout_s: float = 300.0
     max_retries: int = 3  # retries of transient errors (timeouts, connection, 429, 5xx)
     retry_backoff_s: float = 2.0  # first backoff; doubles each retry
@@ -544,13 +544,15 @@ def _complete(client, endpoint: EndpointConfig, messages: list, seconds_left: fl
     429 and 5xx), doubling the backoff; other errors (400, 401, 404) are raised at once."""
     transient = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
                  openai.InternalServerError)
+    # tool_choice is left to its default ("auto" when tools are given): vLLM refuses an explicit
+    # "auto" unless started with --enable-auto-tool-choice
+    extra = {} if endpoint.temperature is None else {"temperature": endpoint.temperature}
     attempt = 0
     while True:
         try:
             return client.chat.completions.create(
-                model=endpoint.model, messages=messages, tools=TOOLS, tool_choice="auto",
-                temperature=endpoint.temperature,
-                timeout=max(1.0, min(endpoint.request_timeout_s, seconds_left)))
+                model=endpoint.model, messages=messages, tools=TOOLS,
+                timeout=max(1.0, min(endpoint.request_timeout_s, seconds_left)), **extra)
         except transient:
             delay = endpoint.retry_backoff_s * 2 ** attempt
             if attempt >= endpoint.max_retries or delay >= seconds_left:

@@ -172,7 +172,8 @@ def _model_review(records: list[StepRecord], findings: list[Finding], endpoint, 
                       for r in records)
     problems = "; ".join(f.evidence for f in findings)
     response = client.chat.completions.create(
-        model=endpoint.model, temperature=endpoint.temperature, timeout=min(endpoint.request_timeout_s, 120),
+        model=endpoint.model, timeout=min(endpoint.request_timeout_s, 120),
+        **({} if endpoint.temperature is None else {"temperature": endpoint.temperature}),
         messages=[{"role": "system", "content": "You review an evolutionary search over CUDA attention kernels. "
                    "Answer in at most 120 words: what the steps keep getting wrong and one or two concrete, "
                    "different directions for the next step."},

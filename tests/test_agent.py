@@ -248,6 +248,17 @@ def test_http_500_is_retried_then_ends_the_step_as_endpoint_error(seeded):
     assert result.transcript[-2]["kind"] == "endpoint_error"
 
 
+def test_a_transient_500_is_retried_and_the_step_goes_on(seeded):
+    lineage, candidate, _ = seeded
+    server = ScriptedServer([("status", 500), _reply(_call("give_up", {"reason": "done"}))])
+    try:
+        result = run_agent_step(_endpoint(server, max_retries=2), lineage, RecordingWorkbench(), candidate,
+                                StepBudget(), parent_id="v0000")
+    finally:
+        server.close()
+    assert result.outcome == "gave_up" and result.turns == 1 and len(server.requests) == 2 and result.errors == []
+
+
 def test_endpoint_timeout_ends_the_step_without_raising(seeded):
     lineage, candidate, _ = seeded
     server = ScriptedServer([("sleep", 4)])
@@ -277,6 +288,19 @@ def test_turn_budget_ends_a_step_that_never_submits(seeded):
     finally:
         server.close()
     assert result.outcome == "budget_exhausted" and result.turns == 3 and len(server.requests) == 3
+    assert "turn budget" in result.errors[-1]
     listing = json.loads(next(e for e in result.transcript if e.get("name") == "list_lineage")["content"])
     assert listing["incumbent"] == "v0000" and listing["nodes"][0]["status"] == "committed"
 
+
+
+def test_token_budget_ends_the_step(seeded):
+    lineage, candidate, _ = seeded
+    server = ScriptedServer([_reply(_call("list_lineage", {}))] * 5)  # 110 tokens per reply
+    try:
+        result = run_agent_step(_endpoint(server, temperature=None), lineage, RecordingWorkbench(), candidate,
+                                StepBudget(max_tokens=250), parent_id="v0000")
+    finally:
+        server.close()
+    assert result.outcome == "budget_exhausted" and result.turns == 3 and "token budget" in result.errors[-1]
+    assert "temperature" not in server.requests[0]["body"] and "tool_choice" not in server.requests[0]["body"]
