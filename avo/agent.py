@@ -27,6 +27,7 @@ from avo.knowledge import (
     PathError,
     confined_path,
     knowledge_index,
+    number_lines,
     read_text,
     reference_roots,
     source_index,
@@ -35,7 +36,7 @@ from avo.knowledge import (
 __all__ = ["AgentStepResult", "EndpointConfig", "StepBudget", "Workbench", "make_client", "run_agent_step"]
 
 OUTCOMES = ("submitted", "budget_exhausted", "endpoint_error", "gave_up")
-_TOOL_RESULT_CHARS = 16000  # what the model sees of one tool result
+_TOOL_RESULT_CHARS = 20000  # what the model sees of one tool result
 _TRANSCRIPT_CHARS = 4000  # what the transcript keeps of one message
 _CONTEXT_CHARS = 360_000  # above this, old long tool results are elided from the conversation
 _IDLE_REPLIES = 2  # consecutive replies without a tool call before the step counts as given up
@@ -194,7 +195,8 @@ _PATH = {"type": "string", "description": "leave out: the only allowed value is 
 
 TOOLS = [
     _fn("list_lineage", "Every version so far: id, parents, operator, status, geomean TFLOPS, diagnosis."),
-    _fn("show_version", "Source of a version in the lineage.", {"node_id": _STR}, ("node_id",)),
+    _fn("show_version", "Source of a version in the lineage, with line numbers (250 lines at a time).",
+        {"node_id": _STR, "start_line": _INT, "max_lines": _INT}, ("node_id",)),
     _fn("diff_to_parent", "Unified diff of a version against its first parent. node_id 'candidate' diffs "
         "the candidate against its parent.", {"node_id": _STR}, ("node_id",)),
     _fn("search_knowledge", "Ranked search over knowledge/ (hardware facts, DSL idioms, the algorithm, "
@@ -203,9 +205,10 @@ TOOLS = [
         {"path": _STR, "start_line": _INT}, ("path",)),
     _fn("search_reference", "Ranked search over the installed CuTe DSL, FA4 and quack sources. `under` "
         "narrows it, e.g. 'flash_attn/cute'.", {"query": _STR, "under": _STR}, ("query",)),
-    _fn("read_reference", "Read a reference source, e.g. 'flash_attn/cute/softmax.py' (a directory lists it).",
+    _fn("read_reference", "Read a reference source, e.g. 'flash_attn/cute/softmax.py', 200 lines at a time "
+        "(a directory lists it).",
         {"path": _STR, "start_line": _INT, "max_lines": _INT}, ("path",)),
-    _fn("read_candidate", "The candidate kernel source with line numbers.",
+    _fn("read_candidate", "The candidate kernel source with line numbers (250 lines at a time).",
         {"start_line": _INT, "max_lines": _INT, "path": _PATH}),
     _fn("edit_candidate", "Replace the exact string `old` (must occur exactly once) with `new` in the candidate.",
         {"old": _STR, "new": _STR, "path": _PATH}, ("old", "new")),
@@ -267,8 +270,8 @@ class _Session:
         except Exception as exc:
             raise _ToolError(str(exc)) from None
 
-    def t_show_version(self, node_id: str):
-        return self._source(str(node_id))
+    def t_show_version(self, node_id: str, start_line: int = 1, max_lines: int = 250):
+        return number_lines(self._source(str(node_id)), start_line, min(int(max_lines), 400))
 
     def t_diff_to_parent(self, node_id: str):
         if node_id == "candidate":
@@ -300,8 +303,8 @@ class _Session:
         hits = source_index(self.ref_roots).search(str(query), k=8, under=str(under or ""))
         return [h.as_dict() for h in hits] or "no match"
 
-    def t_read_reference(self, path: str, start_line: int = 1, max_lines: int = 300):
-        return read_text(self._confined(self.ref_roots, path, "read_reference"), start_line, min(int(max_lines), 600))
+    def t_read_reference(self, path: str, start_line: int = 1, max_lines: int = 200):
+        return read_text(self._confined(self.ref_roots, path, "read_reference"), start_line, min(int(max_lines), 400))
 
     def _confined(self, roots: dict, path: str, tool: str) -> Path:
         try:
@@ -321,9 +324,9 @@ class _Session:
             self.result.refused.append({"tool": tool, "path": str(path), "reason": reason})
             raise _ToolError(f"refused: {reason}")
 
-    def t_read_candidate(self, start_line: int = 1, max_lines: int = 2000, path: str | None = None):
+    def t_read_candidate(self, start_line: int = 1, max_lines: int = 250, path: str | None = None):
         self._check_candidate_path(path, "read_candidate")
-        return read_text(self.candidate, start_line, max_lines)
+        return read_text(self.candidate, start_line, min(int(max_lines), 400))
 
     def t_edit_candidate(self, old: str, new: str, path: str | None = None):
         self._check_candidate_path(path, "edit_candidate")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["KNOWLEDGE_DIR", "Hit", "Index", "PathError", "confined_path", "knowledge_index", "read_text",
-           "reference_roots", "source_index"]
+__all__ = ["KNOWLEDGE_DIR", "Hit", "Index", "PathError", "confined_path", "knowledge_index", "number_lines",
+           "read_text", "reference_roots", "source_index"]
 
 KNOWLEDGE_DIR = Path(__file__).resolve().parent.parent / "knowledge"
 _WINDOW = 40  # lines per chunk of a source file
@@ -194,7 +194,12 @@ def read_text(target: Path, start_line: int = 1, max_lines: int = 400) -> str:
         entries = sorted(p.name + ("/" if p.is_dir() else "") for p in target.iterdir()
                          if not p.name.startswith((".", "__pycache__")))
         return "\n".join(entries)
-    lines = target.read_text(errors="replace").splitlines()
+    return number_lines(target.read_text(errors="replace"), start_line, max_lines)
+
+
+def number_lines(text: str, start_line: int = 1, max_lines: int = 400) -> str:
+    """Lines start_line.. of text, numbered, with a note on how to read on."""
+    lines = text.splitlines()
     start = max(int(start_line), 1)
     chunk = lines[start - 1:start - 1 + max(int(max_lines), 1)]
     body = "\n".join(f"{start + i:5d}  {line}" for i, line in enumerate(chunk))
