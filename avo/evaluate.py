@@ -102,8 +102,9 @@ def static_check(text: str) -> tuple[bool, str]:
 def evaluate(source: str | Path, suite: str = "quick", archs: tuple[str, ...] = ("sm_90a",),
              incumbent: str | Path | None = None, compile_only: bool | None = None, gpu: int | None = None,
              timeout_s: float = 900.0, seeds: int = 2, rounds: int = 3, baselines: tuple[str, ...] = (),
-             log=None) -> Verdict:
-    """Run the cascade on the kernel module at `source`. compile_only=None: decide by the GPU."""
+             stop_after: str | None = None) -> Verdict:
+    """Run the cascade on the kernel module at `source`. compile_only=None: decide by the GPU.
+    stop_after="correctness" ends a passing run there (status "screened": correct, not timed)."""
     source = Path(source).resolve()
     started = time.monotonic()
     try:
@@ -117,7 +118,8 @@ def evaluate(source: str | Path, suite: str = "quick", archs: tuple[str, ...] = 
     progress_path.unlink(missing_ok=True)
     args = {"source": str(source), "suite": suite, "archs": list(archs),
             "incumbent": str(Path(incumbent).resolve()) if incumbent else None, "compile_only": compile_only,
-            "seeds": seeds, "rounds": rounds, "baselines": list(baselines), "progress": str(progress_path)}
+            "seeds": seeds, "rounds": rounds, "baselines": list(baselines), "progress": str(progress_path),
+            "stop_after": stop_after}
     result = run_isolated("avo.evaluate:_cascade", args, timeout_s=timeout_s, gpu=gpu)
     progress = json.loads(progress_path.read_text()) if progress_path.exists() else {}
     progress_path.unlink(missing_ok=True)
@@ -137,7 +139,8 @@ def evaluate(source: str | Path, suite: str = "quick", archs: tuple[str, ...] = 
 # the worker side: everything below runs inside the isolated process
 
 
-def _cascade(source, suite, archs, incumbent, compile_only, seeds, rounds, baselines, progress) -> dict:
+def _cascade(source, suite, archs, incumbent, compile_only, seeds, rounds, baselines, progress,
+             stop_after=None) -> dict:
     from avo import jit
     from avo.suites import load_suite
 
@@ -191,6 +194,9 @@ def _cascade(source, suite, archs, incumbent, compile_only, seeds, rounds, basel
     if not result["ok"]:
         verdict.update(status="failed_correctness", stage="correctness", diagnosis=result["diagnosis"],
                        scores={c.name: 0.0 for c in suite_obj.timed})
+        return verdict
+    if stop_after == "correctness":
+        verdict.update(status="screened", stage="correctness", diagnosis=f"correct ({result['diagnosis']}); not timed")
         return verdict
 
     # -- benchmark: interleaved with the incumbent (and baselines) in this process

@@ -43,6 +43,7 @@ __all__ = [
     "compile_kernel",
     "compile_stats",
     "current_arch",
+    "implementable",
     "knob_space",
     "load_knobs",
     "render",
@@ -218,6 +219,20 @@ def compile_kernel(source: str | Path, spec: AttentionSpec, arch: str | None = N
         kernel.fn = _load_callable(entry)
     _memory_cache[mem_key] = kernel
     return kernel
+
+
+def implementable(source: str | Path, specs) -> tuple[bool, str]:
+    """Ask the kernel module's own can_implement for each spec, without compiling."""
+    source = Path(source).resolve()
+    module = _import_kernel_module(source)
+    kernel_cls = getattr(module, _ENTRY, None)
+    if kernel_cls is None:
+        return False, f"module defines no {_ENTRY}"
+    for spec in specs:
+        ok, reason = kernel_cls.can_implement(spec)
+        if not ok:
+            return False, f"{spec.key()}: {reason}"
+    return True, ""
 
 
 def _cache_key(text: str, spec: AttentionSpec, arch: str) -> str:

@@ -47,7 +47,8 @@ class Candidate:
     rationale: str = ""  # what the operator meant to try
     timing: dict = field(default_factory=dict)  # seconds per stage: compile, verify, bench
     cost: dict = field(default_factory=dict)  # tokens, dollars, device seconds
-    arch: str = ""
+    arch: str = ""  # the arch it was measured on (sm_90a) or compiled for
+    suite: str = ""  # the suite its scores are on: geomeans of different suites do not compare
     created: float = field(default_factory=time.time)
     extra: dict = field(default_factory=dict)
 
@@ -97,14 +98,15 @@ class Lineage:
         out = [c for c in out if status is None or c.status == status]
         return sorted(out, key=lambda c: c.created)
 
-    def best(self) -> Candidate | None:
-        """The committed node with the highest geomean (the incumbent)."""
-        committed = self.nodes("committed")
+    def best(self, suite: str | None = None, arch: str | None = None) -> Candidate | None:
+        """The committed node with the highest geomean (the incumbent), optionally of one suite/arch."""
+        committed = [c for c in self.nodes("committed")
+                     if (suite is None or c.suite == suite) and (arch is None or c.arch == arch)]
         return max(committed, key=lambda c: c.geomean) if committed else None
 
-    def committed_path(self) -> list[Candidate]:
+    def committed_path(self, suite: str | None = None, arch: str | None = None) -> list[Candidate]:
         """The chain of committed ancestors of the incumbent, seed first."""
-        best = self.best()
+        best = self.best(suite, arch)
         if best is None:
             return []
         chain = [best]

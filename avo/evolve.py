@@ -1,0 +1,318 @@
+"""`python -m avo.evolve --config configs/evolve_mha_sm90.yaml`: the evolutionary search.
+
+Each step an operator produces a candidate from the lineage (the agent: a tool-using model that
+edits the kernel; knobs: a model-free search of the template's knob space), the cascade evaluates
+it (avo.evaluate) and the lineage records it, committed or not. The supervisor watches the steps
+and redirects the agent when it stalls or cycles.
+
+Everything a run writes is crash-safe: the lineage is rewritten atomically after every node (a
+node is written as `pending` before its evaluation starts), run state after every step. After a
+crash, a kill or Ctrl-C, `python -m avo.evolve --resume runs/<name>` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from avo import jit
+from avo.atomic import atomic_write
+from avo.config import ConfigError, RunConfig, load_config, save_config
+from avo.evaluate import Verdict, evaluate
+from avo.lineage import Candidate, Lineage, LineageError
+from avo.progress import Progress
+from avo.suites import SuiteError, load_suite
+
+__all__ = ["Run", "main"]
+
+
+class Run:
+    """One evolution run: its config, its directory, the shared lineage and the loop."""
+
+    def __init__(self, config: RunConfig, evaluate_fn=evaluate, progress: Progress | None = None,
+                 resume: bool = False):
+        self.config = config
+        self.dir = Path(config.run_dir)
+        self.suite = load_suite(config.suite)
+        self.lineage = Lineage.load(config.archive)
+        self.evaluate_fn = evaluate_fn
+        self.rng = random.Random(config.random_seed)
+        self.state = self._load_state() if resume else {"candidates": 0, "tokens": 0, "elapsed_s": 0.0, "steps": []}
+        self.gpu_arch = jit.current_arch()
+        self.compile_only = self.gpu_arch != config.arch
+        self.progress = progress or Progress(self.dir / "events.jsonl", f"avo evolve: {config.name}")
+        self._session_start = time.monotonic()
+        (self.dir / "candidates").mkdir(parents=True, exist_ok=True)
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _load_state(self) -> dict:
+        path = self.dir / "state.json"
+        if not path.exists():
+            raise ConfigError(f"{self.dir} has no state.json: nothing to resume (start it with --config)")
+        return json.loads(path.read_text())
+
+    def save_state(self) -> None:
+        self.state["elapsed_s"] = self.state.get("elapsed_s", 0.0) + time.monotonic() - self._session_start
+        self._session_start = time.monotonic()
+        atomic_write(self.dir / "state.json", json.dumps(self.state, indent=1))
+
+    def incumbent(self) -> Candidate | None:
+        if self.compile_only:  # nothing can be committed without a GPU: the newest screened node leads
+            screened = [n for n in self.lineage.nodes("screened") if n.suite == self.config.suite]
+            return self.lineage.best(self.config.suite, self.config.arch) or (screened[-1] if screened else None)
+        return self.lineage.best(self.config.suite, self.config.arch)
+
+    def incumbent_source(self) -> Path | None:
+        best = self.lineage.best(self.config.suite, self.config.arch)
+        return self.lineage.root / best.source_path if best else None
+
+    def out_of_budget(self) -> str | None:
+        budget, state = self.config.budget, self.state
+        elapsed = state.get("elapsed_s", 0.0) + time.monotonic() - self._session_start
+        if state["candidates"] >= budget.candidates:
+            return f"candidate budget reached ({budget.candidates})"
+        if elapsed >= budget.wall_hours * 3600:
+            return f"wall-time budget reached ({budget.wall_hours} h)"
+        if state["tokens"] >= budget.tokens:
+            return f"token budget reached ({budget.tokens})"
+        return None
+
+    def recover_interrupted(self) -> list[str]:
+        """Nodes of this run left `pending` by a crash or kill: recorded as crashed, never lost."""
+        recovered = []
+        for node in self.lineage.nodes("pending"):
+            if node.extra.get("run") == self.config.name:
+                self.lineage.update(node.id, status="crashed",
+                                    diagnosis="the run stopped (crash, kill or Ctrl-C) while this was evaluated")
+                recovered.append(node.id)
+        return recovered
+
+    # -- one candidate -------------------------------------------------------------------------
+    def reserve(self, operator: str, parents: list[str], source_text: str, **fields) -> Candidate:
+        """Write the candidate's source and a pending node before anything runs."""
+        node_id = self.lineage.new_id()
+        path = self.dir / "candidates" / f"{node_id}.py"
+        atomic_write(path, source_text)
+        node = Candidate(id=node_id, parents=parents, operator=operator, status="pending",
+                         source_hash=jit._sha(source_text), source_path=str(path.resolve()),
+                         arch=self.config.arch, suite=self.config.suite,
+                         extra={"run": self.config.name}, **fields)
+        return self.lineage.add(node)
+
+    def judge(self, node: Candidate, source: Path | None = None) -> Verdict:
+        """Evaluate a reserved node and record the verdict; returns it."""
+        source = source or Path(node.source_path)
+        cfg = self.config.evaluation
+        incumbent = self.incumbent_source()
+        verdict = self.evaluate_fn(source, suite=self.config.suite,
+                                   archs=tuple(dict.fromkeys((self.config.arch, *self.config.compile_archs))),
+                                   incumbent=incumbent, compile_only=True if self.compile_only else None,
+                                   timeout_s=cfg.timeout_s, seeds=cfg.seeds, rounds=cfg.rounds,
+                                   baselines=cfg.baselines if incumbent is None else ())
+        self.record(node, verdict, source.read_text())
+        return verdict
+
+    def record(self, node: Candidate, verdict: Verdict, source_text: str) -> Candidate:
+        node.status = verdict.status
+        node.scores, node.geomean = verdict.scores, verdict.geomean
+        node.diagnosis = verdict.diagnosis
+        node.timing = {**node.timing, **verdict.timing}
+        if verdict.baselines:
+            node.baselines = verdict.baselines
+        node.extra.update(ratio=verdict.ratio, noise=verdict.noise, gain=verdict.gain, stage=verdict.stage,
+                          compile_only=verdict.compile_only, incumbent_scores=verdict.incumbent_scores,
+                          compile_reports=verdict.compile_reports)
+        if verdict.status == "committed" and verdict.ratio is not None:
+            # geomeans from different runs drift with the machine: chain the same-run ratio instead
+            best = self.lineage.best(self.config.suite, self.config.arch)
+            node.extra["measured_geomean"] = verdict.geomean
+            node.geomean = best.geomean * verdict.ratio if best else verdict.geomean
+        self.lineage.add(node, source_text=source_text if node.status == "committed" else None)
+        self.state["candidates"] += 1
+        self.progress.event("candidate", id=node.id, operator=node.operator, status=node.status,
+                            geomean=node.geomean, ratio=verdict.ratio, diagnosis=node.diagnosis,
+                            tokens=node.cost.get("tokens"), cost_usd=node.cost.get("cost_usd"))
+        if node.status == "committed":
+            self.progress.event("incumbent", id=node.id, geomean=node.geomean)
+            if verdict.baselines:
+                from avo.evaluate import geomean
+
+                self.progress.event("baselines", geomean={k: geomean(v.values()) for k, v in verdict.baselines.items()
+                                                          if len(v) == len(verdict.scores)})
+        self.save_state()
+        return node
+
+    # -- the loop ------------------------------------------------------------------------------
+    def ensure_seed(self) -> Candidate | None:
+        if self.incumbent() is not None:
+            return self.incumbent()
+        seed = self.config.seed
+        if seed.node:
+            text, parents, template, knobs = self.lineage.source(seed.node), [seed.node], None, {}
+        else:
+            knobs_obj = jit.load_knobs(seed.template, seed.knobs, spec=self.suite.specs[0])
+            text = jit.render(seed.template, knobs_obj).read_text()
+            parents, template, knobs = [], seed.template, dataclasses.asdict(knobs_obj)
+        node = self.reserve("seed", parents, text, template=template, knobs=knobs, rationale="the seed")
+        verdict = self.judge(node)
+        if verdict.status not in ("committed", "screened"):
+            raise RuntimeError(f"the seed failed: {verdict.status}: {verdict.diagnosis}")
+        return self.lineage.get(node.id)
+
+    def step_knobs(self, operator) -> bool:
+        incumbent = self.incumbent()
+        proposal = operator.propose(self.lineage, incumbent.id if incumbent else None)
+        if proposal is None:
+            self.state["stop_reason"] = "knob space exhausted around the committed parents"
+            return False
+        for skipped in proposal.skipped:
+            self.progress.event("skipped", reason=skipped[:300])
+        text = jit.render(operator.template, proposal.knobs).read_text()
+        node = self.reserve("knobs", proposal.parents, text, template=operator.template,
+                            knobs=dataclasses.asdict(proposal.knobs), rationale=proposal.rationale)
+        self.judge(node)
+        return True
+
+    def step_agent(self, redirect) -> None:
+        from avo.agent import EndpointConfig, StepBudget, run_agent_step
+        from avo.supervisor import record_from_step
+        from avo.workbench import HarnessWorkbench
+
+        cfg = self.config
+        parent = (redirect.fork_from if redirect and redirect.fork_from else None) or self.incumbent().id
+        text = self.lineage.source(parent)
+        parent_node = self.lineage.get(parent)
+        node = self.reserve("agent", [parent], text, template=parent_node.template, knobs=parent_node.knobs)
+        endpoint = EndpointConfig(**dataclasses.asdict(cfg.endpoint))
+        budget = StepBudget(cfg.agent.max_turns, cfg.agent.max_tokens_per_step, cfg.agent.max_seconds_per_step)
+        workbench = HarnessWorkbench(self, node)
+        transcript = self.dir / "transcripts" / f"{node.id}.jsonl"
+        transcript.parent.mkdir(exist_ok=True)
+        result = run_agent_step(endpoint, self.lineage, workbench, node.source_path, budget,
+                                directions=redirect.directions if redirect else "", parent_id=parent,
+                                log_path=transcript)
+        tokens = result.tokens_in + result.tokens_out
+        self.state["tokens"] += tokens
+        final = self.lineage.get(node.id)
+        cost = {"tokens": tokens, "tokens_in": result.tokens_in, "tokens_out": result.tokens_out,
+                "cost_usd": result.cost_usd, "turns": result.turns, "seconds": round(result.seconds, 1)}
+        fields = {"cost": cost, "rationale": result.rationale,
+                  "extra": {**final.extra, "transcript": str(transcript), "outcome": result.outcome,
+                            "edit_hash": result.edit_hash, "diff": result.diff[-20000:], "errors": result.errors,
+                            "refused": result.refused, "tool_calls": result.tool_calls}}
+        if final.status == "pending":  # the agent never submitted: recorded with why
+            fields.update(status="rejected", diagnosis=f"not submitted: {result.outcome}"
+                          + (f" ({result.errors[-1][:200]})" if result.errors else ""))
+            self.state["candidates"] += 1
+            self.progress.event("candidate", id=node.id, operator="agent", status="rejected", geomean=0.0,
+                                diagnosis=fields["diagnosis"], tokens=tokens, cost_usd=result.cost_usd)
+        self.lineage.update(node.id, **fields)
+        self.state["steps"].append(dataclasses.asdict(record_from_step(len(self.state["steps"]), result, parent)))
+        self.save_state()
+
+    def loop(self) -> str:
+        operator_name = self.config.resolved_operator()
+        mode = "compile-only screening (no GPU of this arch here: nothing can be measured or committed)" \
+            if self.compile_only else f"measuring on {self.gpu_arch}"
+        self.progress.event("start", run=self.config.name, operator=operator_name, suite=self.config.suite,
+                            arch=self.config.arch, mode=mode, archive=str(self.lineage.root))
+        if operator_name == "knobs" and not self.config.endpoint.base_url:
+            self.progress.event("note", message="no endpoint configured: the offline knob operator runs")
+        for node_id in self.recover_interrupted():
+            self.progress.event("recovered", id=node_id, status="crashed")
+        self.ensure_seed()
+        redirect = None
+        knob_operator = None
+        if operator_name == "knobs":
+            from avo.operators import KnobOperator
+
+            template = self.incumbent().template or self.config.seed.template
+            knob_operator = KnobOperator(template, self.suite.specs, self.rng)
+        while (reason := self.out_of_budget()) is None:
+            if knob_operator is not None:
+                if not self.step_knobs(knob_operator):
+                    reason = self.state["stop_reason"]
+                    break
+            else:
+                self.step_agent(redirect)
+                redirect = self._supervise()
+        self.state["stop_reason"] = reason
+        self.save_state()
+        best = self.incumbent()
+        self.progress.event("stop", reason=reason, best=best.id if best else None,
+                            geomean=best.geomean if best else 0.0, candidates=self.state["candidates"])
+        return reason
+
+    def _supervise(self):
+        from avo.agent import EndpointConfig
+        from avo.supervisor import StepRecord, SupervisorConfig, review
+
+        cfg = self.config.supervisor
+        records = [StepRecord(**r) for r in self.state["steps"]]
+        redirect = review(records, self.lineage.nodes(), SupervisorConfig(cfg.stall_steps, cfg.repeat_limit,
+                                                                          cfg.fork_within),
+                          endpoint=EndpointConfig(**dataclasses.asdict(self.config.endpoint)))
+        if redirect is not None:
+            self.progress.event("supervisor", by=redirect.by, fork_from=redirect.fork_from,
+                                findings=[f.kind for f in redirect.findings], directions=redirect.directions[:500])
+        return redirect
+
+
+def main(argv=None, evaluate_fn=evaluate) -> int:
+    parser = argparse.ArgumentParser(prog="python -m avo.evolve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="run config YAML (configs/evolve_*.yaml)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set budget.candidates=30")
+    parser.add_argument("--operator", choices=["agent", "knobs", "auto"])
+    parser.add_argument("--candidates", type=int, help="shorthand for --set budget.candidates=N")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    if args.operator:
+        overrides.append(f"operator={args.operator}")
+    if args.candidates:
+        overrides.append(f"budget.candidates={args.candidates}")
+    try:
+        if args.resume:
+            config_path = Path(args.resume) / "config.yaml"
+            if not config_path.exists():
+                raise ConfigError(f"{args.resume} is not a run directory (no config.yaml)")
+            config = load_config(config_path, overrides)
+        elif args.config:
+            config = load_config(args.config, overrides)
+            if (Path(config.run_dir) / "state.json").exists():
+                raise ConfigError(f"{config.run_dir} already holds a run: --resume {config.run_dir}, or "
+                                  "--set run_dir=... for a new one")
+        else:
+            raise ConfigError("give --config FILE for a new run or --resume RUN_DIR")
+        Path(config.run_dir).mkdir(parents=True, exist_ok=True)
+        save_config(config, Path(config.run_dir) / "config.yaml")
+        run = Run(config, evaluate_fn=evaluate_fn, resume=bool(args.resume))
+    except (ConfigError, SuiteError, LineageError, jit.CompileError, ValueError) as exc:
+        print(f"avo.evolve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        reason = run.loop()
+    except KeyboardInterrupt:
+        run.save_state()
+        run.progress.close()
+        print(f"\navo.evolve: interrupted; nothing committed is lost. Resume: python -m avo.evolve --resume "
+              f"{config.run_dir}", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        run.progress.close()
+        print(f"avo.evolve: {exc}", file=sys.stderr)
+        return 1
+    run.progress.close()
+    print(f"avo.evolve: stopped: {reason}. Lineage: {config.archive}/lineage.json; "
+          f"events: {config.run_dir}/events.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""What a run tells the person watching it: a JSONL event log always (runs/<name>/events.jsonl),
+a live panel on a terminal (rich, when installed), plain log lines otherwise."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+__all__ = ["Progress"]
+
+
+class Progress:
+    def __init__(self, events_path: str | Path, title: str, live: bool | None = None):
+        self.events_path = Path(events_path)
+        self.events_path.parent.mkdir(parents=True, exist_ok=True)
+        self.title = title
+        self.recent: deque = deque(maxlen=12)
+        self.counts: dict[str, int] = {}
+        self.best: dict = {}
+        self.baselines: dict = {}
+        self.tokens = 0
+        self.cost = 0.0
+        self.started = time.time()
+        self._live = None
+        if live is None:
+            live = sys.stdout.isatty()
+        if live:
+            try:
+                from rich.live import Live
+
+                self._live = Live(self._panel(), refresh_per_second=2, transient=False)
+                self._live.start()
+            except ImportError:
+                self._live = None
+
+    def event(self, kind: str, **data) -> None:
+        record = {"time": round(time.time(), 3), "event": kind, **data}
+        with open(self.events_path, "a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+        if kind == "candidate":
+            self.counts[data["status"]] = self.counts.get(data["status"], 0) + 1
+            self.recent.append(data)
+            self.tokens += int(data.get("tokens") or 0)
+            self.cost += float(data.get("cost_usd") or 0.0)
+        elif kind == "incumbent":
+            self.best = data
+        elif kind == "baselines":
+            self.baselines = data.get("geomean", {})
+        if self._live is not None:
+            self._live.update(self._panel())
+        else:
+            print(self._line(kind, data), flush=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def _line(self, kind: str, data: dict) -> str:
+        stamp = time.strftime("%H:%M:%S")
+        if kind == "candidate":
+            ratio = f" ratio {data['ratio']:.4f}" if data.get("ratio") else ""
+            return (f"[{stamp}] {data['id']} {data['operator']:6s} {data['status']:18s} "
+                    f"geomean {data.get('geomean', 0):7.1f}{ratio}  {str(data.get('diagnosis', ''))[:110]}")
+        details = " ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, dict | list))
+        return f"[{stamp}] {kind}: {details}"
+
+    def _panel(self):
+        from rich.console import Group
+        from rich.panel import Panel
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(expand=True)
+        for column in ("id", "operator", "status", "geomean", "ratio", "diagnosis"):
+            table.add_column(column, overflow="fold" if column == "diagnosis" else "ellipsis")
+        for c in self.recent:
+            table.add_row(c["id"], c["operator"], c["status"], f"{c.get('geomean', 0):.1f}",
+                          f"{c['ratio']:.4f}" if c.get("ratio") else "-", str(c.get("diagnosis", ""))[:90])
+        minutes = (time.time() - self.started) / 60
+        best = (f"best {self.best.get('id', '-')} geomean {self.best.get('geomean', 0):.1f}"
+                if self.best else "best: none yet")
+        anchors = "  ".join(f"{k} {v:.1f}" for k, v in self.baselines.items())
+        counts = "  ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
+        header = f"{best}   {anchors}\n{counts}   tokens {self.tokens}   cost ${self.cost:.2f}   {minutes:.1f} min"
+        return Panel(Group(Text(header), table), title=self.title)
