@@ -3,7 +3,6 @@ GPU part of the cascade, so CPU tests can commit. A candidate's score is a fixed
 knobs; it is committed when not below the incumbent's, as the real commit rule would."""
 
 import hashlib
-import json
 import sys
 import time
 from pathlib import Path
