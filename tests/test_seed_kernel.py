@@ -1,0 +1,235 @@
+"""The flash_fwd_sm90 seed kernel (dsl_templates/flash_fwd_sm90): renders, compiles for sm_90a
+without a GPU, rejects what it cannot do, and on a GPU matches an fp32 reference within twice
+PyTorch's own low-precision error."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import math
+import os
+import random
+import sys
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from avo.spec import AttentionSpec  # noqa: E402
+from dsl_templates.flash_fwd_sm90.knobs import DEFAULTS, SPACE, Knobs, default_knobs  # noqa: E402
+
+TEMPLATE = ROOT / "dsl_templates" / "flash_fwd_sm90" / "template.py.j2"
+
+
+def render(knobs: Knobs) -> str:
+    import jinja2
+
+    return jinja2.Template(TEMPLATE.read_text(), undefined=jinja2.StrictUndefined).render(knobs=knobs)
+
+
+@functools.lru_cache(maxsize=None)
+def load_module(knobs: Knobs):
+    src = render(knobs)
+    name = "seed_" + hashlib.sha256(src.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / "avo_seed_tests" / f"{name}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def fake_args(spec: AttentionSpec):
+    import cutlass
+    import cutlass.cute as cute
+
+    b, sq, sk, hq, hkv = (cute.sym_int() for _ in range(5))
+
+    def bshd(s, h):
+        strides = tuple(cute.sym_int(divisibility=8) for _ in range(3)) + (1,)
+        return cute.runtime.make_fake_tensor(spec.cutlass_dtype, (b, s, h, spec.head_dim), strides,
+                                             assumed_align=16)
+
+    lse = cute.runtime.make_fake_compact_tensor(cutlass.Float32, (b, hq, sq), stride_order=(2, 1, 0),
+                                                assumed_align=4)
+    stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
+    return (bshd(sq, hq), bshd(sk, hkv), bshd(sk, hkv), bshd(sq, hq), lse, cutlass.Float32(1.0), stream)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(spec: AttentionSpec, knobs: Knobs):
+    import cutlass.cute as cute
+
+    kernel = load_module(knobs).KERNEL(spec)
+    return cute.compile(kernel, *fake_args(spec), options="--enable-tvm-ffi")
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU: render, compile, reject
+# ---------------------------------------------------------------------------------------------
+COMPILE_SPECS = [
+    AttentionSpec("bf16", 128, False, 1),
+    AttentionSpec("bf16", 128, True, 8),  # pack_gqa + causal
+    AttentionSpec("fp16", 64, True, 1),  # 3 MMA warp groups
+    AttentionSpec("bf16", 256, False, 1),
+]
+
+
+@pytest.mark.parametrize("spec", COMPILE_SPECS, ids=lambda s: s.key())
+def test_compiles_for_sm90a(spec):
+    knobs = default_knobs(spec)
+    ok, reason = load_module(knobs).KERNEL.can_implement(spec)
+    assert ok, reason
+    fn = compiled(spec, knobs)
+    assert callable(fn)
+
+
+def test_compiles_without_overlap_with_smem_p():
+    spec = AttentionSpec("bf16", 128, True, 4)
+    knobs = default_knobs(spec).replace(intra_wg_overlap=False, mma_pv_is_rs=False, pingpong=False)
+    assert callable(compiled(spec, knobs))
+
+
+def test_defaults_are_implementable_and_in_space():
+    for hd in DEFAULTS:
+        for causal in (False, True):
+            for g in (1, 4, 8):
+                spec = AttentionSpec("bf16", hd, causal, g)
+                knobs = default_knobs(spec)
+                for f in fields(Knobs):
+                    assert getattr(knobs, f.name) in SPACE[f.name], (f.name, knobs)
+                ok, reason = load_module(knobs).KERNEL.can_implement(spec)
+                assert ok, (spec, knobs, reason)
+
+
+@pytest.mark.parametrize(
+    "spec, change, words",
+    [
+        (AttentionSpec("bf16", 128), dict(tile_m=64, pingpong=True), "pingpong"),
+        (AttentionSpec("bf16", 128), dict(tile_m=192, mma_regs=240), "register"),
+        (AttentionSpec("bf16", 256), dict(tile_n=128, num_stages=2, mma_pv_is_rs=False), "shared memory"),
+        (AttentionSpec("bf16", 256), dict(tile_n=176), "accumulators"),
+        (AttentionSpec("bf16", 128, False, 3), dict(pack_gqa=True), "pack_gqa"),
+        (AttentionSpec("bf16", 96), dict(), "head_dim"),
+    ],
+)
+def test_can_implement_rejects_with_reason(spec, change, words):
+    knobs = Knobs(**{**default_knobs(AttentionSpec("bf16", 128)).__dict__, **change})
+    ok, reason = load_module(knobs).KERNEL.can_implement(spec)
+    assert not ok
+    assert words in reason
+
+
+def test_space_sample_answers_can_implement():
+    """Any point of SPACE renders, imports, and gets a clear yes or a no with a reason."""
+    rng = random.Random(0)
+    for _ in range(12):
+        knobs = Knobs(**{k: rng.choice(v) for k, v in SPACE.items()})
+        mod = load_module(knobs)
+        for hd in (64, 128, 256):
+            ok, reason = mod.KERNEL.can_implement(AttentionSpec("bf16", hd, True, 4))
+            assert isinstance(ok, bool) and (ok or reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: numbers against an fp32 reference
+# ---------------------------------------------------------------------------------------------
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+gpu = pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU (sm_90)")
+
+SHAPES = [  # (batch, seqlen_q, seqlen_k)
+    (2, 1, 1),
+    (1, 17, 17),
+    (2, 255, 255),
+    (1, 1000, 1000),
+    (2, 1000, 113),  # causal: the first 887 rows of each batch see no key
+    (1, 113, 1000),
+    (1, 4097, 4097),
+]
+HEADS = {1: [(4, 4)], 4: [(8, 2), (32, 8)]}
+GPU_SPECS = [
+    AttentionSpec(dt, hd, causal, g)
+    for dt in ("bf16", "fp16")
+    for hd in (64, 128, 256)
+    for causal in (False, True)
+    for g in (1, 4)
+]
+
+
+def check(fn, spec, b, sq, sk, hq, hkv):
+    import torch
+
+    from avo.reference import reference_attention
+
+    dt, d = spec.torch_dtype, spec.head_dim
+    q = torch.randn(b, sq, hq, d, device="cuda", dtype=dt)
+    k = torch.randn(b, sk, hkv, d, device="cuda", dtype=dt)
+    v = torch.randn(b, sk, hkv, d, device="cuda", dtype=dt)
+    scale = 1.0 / math.sqrt(d)
+    o = torch.full_like(q, float("nan"))
+    lse = torch.full((b, hq, sq), float("nan"), device="cuda", dtype=torch.float32)
+    fn(q, k, v, o, lse, scale)
+    torch.cuda.synchronize()
+    ref_o, ref_lse = reference_attention(q, k, v, spec.causal, scale)
+    pt_o, _ = reference_attention(q, k, v, spec.causal, scale, dtype=dt)
+    shape = (b, sq, sk, hq, hkv)
+    assert not o.isnan().any(), f"{shape}: output not fully written or NaN"
+    err = (o.float() - ref_o).abs().max().item()
+    pt_err = (pt_o.float() - ref_o).abs().max().item()
+    assert err <= 2 * pt_err + 1e-4, f"{shape}: max error {err:.3g} vs torch {dt} {pt_err:.3g}"
+    assert not lse.isnan().any(), f"{shape}: LSE not fully written"
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse), empty), f"{shape}: LSE -inf rows differ"
+    if (~empty).any():
+        lse_err = (lse[~empty] - ref_lse[~empty]).abs().max().item()
+        assert lse_err <= 2e-3, f"{shape}: LSE error {lse_err:.3g}"
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("spec", GPU_SPECS, ids=lambda s: s.key())
+def test_matches_reference(spec):
+    fn = compiled(spec, default_knobs(spec))
+    for hq, hkv in HEADS[spec.qhead_per_kvhead]:
+        for b, sq, sk in SHAPES:
+            if hq > 8 and sq > 1000:
+                continue  # the 32-head GQA case runs on the smaller shapes only
+            check(fn, spec, b, sq, sk, hq, hkv)
+
+
+VARIANTS = {
+    "no_overlap": dict(intra_wg_overlap=False),
+    "no_pingpong": dict(pingpong=False),
+    "p_in_smem": dict(mma_pv_is_rs=False),
+    "plain": dict(intra_wg_overlap=False, pingpong=False),
+    "m64": dict(tile_m=64, pingpong=False, mma_regs=256, producer_regs=56),
+    "n112_3stages": dict(tile_n=112, num_stages=3),
+}
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("causal", [False, True])
+def test_knob_variants_match_reference(variant, causal):
+    spec = AttentionSpec("bf16", 128, causal, 4)
+    knobs = default_knobs(spec).replace(**VARIANTS[variant])
+    fn = compiled(spec, knobs)
+    for b, sq, sk in SHAPES[:6]:
+        check(fn, spec, b, sq, sk, 8, 2)
