@@ -405,6 +405,8 @@ def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, cand
     start_text: str | None = None
     result = AgentStepResult(outcome="budget_exhausted", submit=None, rationale="", transcript=[])
     secret = os.environ.get(endpoint.api_key_env) or ""
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "a") if log_path else None  # closed in the finally below
 
     def record(entry: dict) -> None:

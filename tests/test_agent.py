@@ -143,7 +143,7 @@ def test_scripted_step_reads_edits_compiles_and_submits(seeded, tmp_path, monkey
         _reply(_call("submit", {"rationale": rationale})),
     ])
     workbench = RecordingWorkbench()
-    log = tmp_path / "agent.jsonl"
+    log = tmp_path / "logs" / "agent.jsonl"  # the folder is created by the step
     try:
         result = run_agent_step(_endpoint(server, price_in_per_mtok=1.0, price_out_per_mtok=4.0), lineage,
                                 workbench, candidate, StepBudget(max_turns=10), directions="try a smaller tile",
