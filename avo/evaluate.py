@@ -182,8 +182,22 @@ def _cascade(source, suite, archs, incumbent, compile_only, seeds, rounds, basel
                        diagnosis=f"compile-only: compiled for {', '.join(archs)}; not run (no matching GPU)")
         return verdict
 
-    from avo import verify
+    try:
+        return _run_stages(verdict, mark, kernels, suite_obj, incumbent, seeds, rounds, baselines, stop_after)
+    except RuntimeError as exc:  # a CUDA error poisons this process's context: report it, end here
+        if "CUDA" not in str(exc) and "cuda" not in str(exc):
+            raise
+        first = str(exc).strip().splitlines()[0][:300]
+        verdict.update(status="crashed", stage=state.get("stage", "correctness"),
+                       diagnosis=f"CUDA error during {state.get('stage')}: {first}",
+                       scores={c.name: 0.0 for c in suite_obj.timed})
+        return verdict
 
+
+def _run_stages(verdict, mark, kernels, suite_obj, incumbent, seeds, rounds, baselines, stop_after) -> dict:
+    from avo import jit, verify
+
+    timing = verdict["timing"]
     # -- correctness: ragged shapes and the timed ones, fresh seeds
     mark("correctness")
     t0 = time.monotonic()

@@ -13,7 +13,9 @@ Failures are `CompileError`s carrying the stage, the DSL's message and the gener
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -236,11 +238,10 @@ def implementable(source: str | Path, specs) -> tuple[bool, str]:
 
 
 def _cache_key(text: str, spec: AttentionSpec, arch: str) -> str:
-    import cutlass
-
-    # knobs are baked into the rendered text, so the source hash covers them
+    # knobs are baked into the rendered text, so the source hash covers them; the DSL version is
+    # read from package metadata so a cache hit never has to import the DSL's compiler
     blob = json.dumps({"source": _sha(text), "spec": spec.as_dict(), "arch": arch,
-                       "cutlass_dsl": cutlass.__version__, "abi": 1}, sort_keys=True)
+                       "cutlass_dsl": _dsl_version(), "abi": 2}, sort_keys=True)
     return f"{spec.key()}_{arch}_{_sha(blob)[:20]}"
 
 
@@ -340,7 +341,8 @@ def _fake_attention_args(spec: AttentionSpec):
         return cute.runtime.make_fake_tensor(spec.cutlass_dtype, (batch, seqlen, heads, d), strides,
                                              assumed_align=16)
 
-    lse = cute.runtime.make_fake_compact_tensor(cutlass.Float32, (batch, heads_q, seqlen_q), assumed_align=4)
+    lse_strides = (cute.sym_int(64), cute.sym_int(64), 1)  # row-major, any batch/head strides
+    lse = cute.runtime.make_fake_tensor(cutlass.Float32, (batch, heads_q, seqlen_q), lse_strides, assumed_align=4)
     stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
     return (bshd(seqlen_q, heads_q), bshd(seqlen_k, heads_kv), bshd(seqlen_k, heads_kv),
             bshd(seqlen_q, heads_q), lse, cutlass.Float32(1.0), stream)
@@ -397,6 +399,16 @@ def _load_callable(entry: Path):
 
 # ---------------------------------------------------------------------------------------------
 # small file helpers
+
+
+@functools.lru_cache(maxsize=1)
+def _dsl_version() -> str:
+    try:
+        return importlib.metadata.version("nvidia-cutlass-dsl")
+    except importlib.metadata.PackageNotFoundError:  # e.g. installed with --target: ask the module
+        import cutlass
+
+        return cutlass.__version__
 
 
 def _sha(text: str) -> str:

@@ -1,0 +1,51 @@
+"""The cascade against the zoo of broken kernels: every one rejected with the right diagnosis, and a
+correct kernel evaluated normally right after each (GPU); on the CPU, each variant passes the static
+checks and compiles, so only the GPU stages can catch it."""
+
+import pytest
+
+from avo import jit
+from avo.evaluate import evaluate, static_check
+from avo.spec import AttentionSpec
+from tests.zoo import VARIANTS, caching_wrapper, make_variant, side_stream_wrapper
+
+CPU_COMPILED = ["wrong_last_tile", "fp16_accumulation", "side_stream_launch", "illegal_address"]
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_variant_passes_static_checks(name, tmp_path):
+    path = make_variant(name, tmp_path)
+    assert static_check(path.read_text()) == (True, "")
+
+
+@pytest.mark.parametrize("name", CPU_COMPILED)
+def test_variant_compiles_so_only_the_gpu_can_catch_it(name, tmp_path):
+    kernel = jit.compile_kernel(make_variant(name, tmp_path), AttentionSpec(head_dim=64, causal=True),
+                                arch="sm_90a", run=False)
+    assert kernel.report["registers"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_zoo_variant_is_rejected_and_the_next_kernel_is_fine(name, tmp_path):
+    _old, _new, status, words = VARIANTS[name]
+    verdict = evaluate(make_variant(name, tmp_path), suite="zoo", timeout_s=90 if name == "hang" else 300)
+    assert verdict.status == status, verdict.diagnosis
+    assert words in verdict.diagnosis, verdict.diagnosis
+    assert verdict.geomean == 0.0
+    good = evaluate(jit.render("naive_attention"), suite="zoo", stop_after="correctness", timeout_s=300)
+    assert good.status == "screened" and good.correctness["ok"], good.diagnosis
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("wrapper, words", [(caching_wrapper, "output error"), (side_stream_wrapper, "output error")])
+def test_callable_level_cheats_fail_verification(wrapper, words):
+    from avo import verify
+    from avo.suites import load_suite
+
+    suite = load_suite("zoo")
+    config = next(c for c in suite.timed if not c.causal)
+    kernel = jit.compile_kernel(jit.render("naive_attention"), config.spec)
+    assert verify.check(kernel.fn, [config], seeds=2)["ok"]  # the honest kernel passes
+    result = verify.check(wrapper(kernel.fn), [config], seeds=2)
+    assert not result["ok"] and words in result["diagnosis"], result["diagnosis"]
