@@ -26,6 +26,9 @@ class Knobs:
     mma_pv_is_rs: bool = True  # P stays in registers for PV (WGMMA RS); False: P goes through smem
     pingpong: bool = True  # named barriers order the GEMM issue of the MMA warp groups (needs >= 2)
     pack_gqa: bool = False  # query heads of one KV head share an M tile (K/V read once per group)
+    # CTA order: True groups the heads whose K/V fit in L2 (heads fastest, then m blocks);
+    # False walks the m blocks of one head at a time. Causal is longest-first either way.
+    head_swizzle: bool = True
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -45,6 +48,7 @@ SPACE: dict[str, tuple] = {
     "mma_pv_is_rs": (False, True),
     "pingpong": (False, True),
     "pack_gqa": (False, True),
+    "head_swizzle": (False, True),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 
@@ -59,9 +63,10 @@ DEFAULTS: dict[int, dict] = {
 
 def default_knobs(spec) -> Knobs:
     """Knobs for an `avo.spec.AttentionSpec`: the DEFAULTS row of the nearest head_dim at or above
-    spec.head_dim; GQA packs query heads when the group divides the M tile."""
+    spec.head_dim; GQA packs query heads when the group divides the M tile; the head-grouped CTA
+    order only for causal (FA4's orders: unmeasured here which is better for non-causal)."""
     hd = min((h for h in DEFAULTS if h >= spec.head_dim), default=max(DEFAULTS))
-    k = Knobs(**DEFAULTS[hd])
+    k = Knobs(**DEFAULTS[hd], head_swizzle=spec.causal)
     if spec.qhead_per_kvhead > 1 and k.tile_m % spec.qhead_per_kvhead == 0:
         k = k.replace(pack_gqa=True)
     return k
