@@ -170,31 +170,36 @@ def baselines(spec, q, k, v, causal):
     return res
 
 
-def worker_time(args, skip, variants: bool):
+def worker_time(args, skip, variants: bool, head_dims=(128,)):
     import torch
     from avo.spec import AttentionSpec
 
     manifest, get = load_kernels(args.objs)
-    for causal in (False, True):
+    for hd in head_dims:
+      for causal in (False, True):
         for hname, (hq, hkv) in SUITE_HEADS.items():
             g = hq // hkv
             seqlens = VARIANT_SEQLENS if variants else SUITE_SEQLENS
             if variants and hname == "gqa32/4":
                 continue
+            if hd != 128:  # other head_dims: MHA at 8k only, every object of that spec
+                if hname != "mha16":
+                    continue
+                seqlens = (8192,)
             names = [n for n, e in manifest.items()
-                     if AttentionSpec(**e["spec"]) == AttentionSpec("bf16", 128, causal, g)
-                     and (variants != n.endswith("__default"))]
+                     if AttentionSpec(**e["spec"]) == AttentionSpec("bf16", hd, causal, g)
+                     and (hd != 128 or variants != n.endswith("__default"))]
             for s in seqlens:
-                key = f"{'causal' if causal else 'full'} {hname} s{s}"
+                key = f"d{hd} {'causal' if causal else 'full'} {hname} s{s}"
                 if key in skip:
                     continue
                 log(f"BEGIN {key}")
                 b = SUITE_TOKENS // s
-                spec = AttentionSpec("bf16", 128, causal, g)
+                spec = AttentionSpec("bf16", hd, causal, g)
                 q, k, v = inputs(spec, b, s, s, hq, hkv)
                 o = torch.empty_like(q)
                 lse = torch.empty(b, hq, s, device="cuda", dtype=torch.float32)
-                scale = 1.0 / math.sqrt(128)
+                scale = 1.0 / math.sqrt(hd)
                 row = {}
                 for n in names:
                     try:
@@ -204,9 +209,9 @@ def worker_time(args, skip, variants: bool):
                         row[n.split("__")[1]] = bench_ms(lambda: run_kernel(fn, q, k, v, o, lse, scale))
                     except Exception as e:  # noqa: BLE001
                         log(f"  {n} failed: {str(e)[-200:]}")
-                if not variants:
+                if not variants or hd != 128:
                     row.update(baselines(spec, q, k, v, causal))
-                tf = {kk: round(tflops(b, hq, s, s, 128, causal, ms), 1) for kk, ms in row.items()}
+                tf = {kk: round(tflops(b, hq, s, s, hd, causal, ms), 1) for kk, ms in row.items()}
                 log(f"RESULT {key} " + json.dumps(tf))
                 del q, k, v, o, lse
                 torch.cuda.empty_cache()
@@ -264,7 +269,7 @@ def run_phase(phase: str, args, results: dict, stall_s: float = 25.0):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--objs", default="scratch/objs")
-    ap.add_argument("--phases", default="check,suite,variants")
+    ap.add_argument("--phases", default="check,suite,variants,other_hd")
     ap.add_argument("--worker", default=None)
     ap.add_argument("--skip", default="[]")
     args = ap.parse_args()
@@ -278,7 +283,8 @@ def main():
         torch.manual_seed(0)
         {"check": lambda: worker_check(args, skip),
          "suite": lambda: worker_time(args, skip, False),
-         "variants": lambda: worker_time(args, skip, True)}[args.worker]()
+         "variants": lambda: worker_time(args, skip, True),
+         "other_hd": lambda: worker_time(args, skip, False, head_dims=(64, 256))}[args.worker]()
         return
     import torch
 
@@ -303,7 +309,7 @@ def main():
                     log(f"  {key}: {d}  ratio_vs_fa4 {ratio}")
                 else:
                     log("  " + r)
-        if phase == "suite":
+        if phase in ("suite", "other_hd"):
             ratios = {}
             for r in rows:
                 _, _, js = r.partition(" {")

@@ -55,9 +55,17 @@ assert set(SPACE) == {f.name for f in fields(Knobs)}
 # Default knobs per head_dim: the fields that differ from Knobs(). Beside each row, the
 # measurement that justifies it.
 DEFAULTS: dict[int, dict] = {
-    64: dict(tile_m=192, tile_n=128, mma_regs=160, producer_regs=32),  # unmeasured (FA4's d64 tile)
-    128: dict(tile_m=128, tile_n=128),  # unmeasured (FA4's d128 tile)
-    256: dict(tile_m=128, tile_n=80),  # unmeasured (FA4's d256 tile)
+    # FA4's d64 tile. Correct (bf16/fp16, causal/full, MHA/GQA 4, H200 2026-11-22); speed
+    # unmeasured. Compiles to 128 registers with a 56-byte stack at 3 MMA warp groups.
+    64: dict(tile_m=192, tile_n=128, mma_regs=160, producer_regs=32),
+    # H200 2026-11-22, bench/seed_vs_fa4.py, d128 suite (24 configs, bf16, 32k tokens): geomean
+    # 0.954x FA4 (min 0.908), cuDNN 0.906x. Alternatives at MHA/GQA 32/8, s8k/s16k, TFLOPS vs
+    # this row's 611-633 (full) / 587-613 (causal): 3 stages 603-632, tile_n 176 582-638,
+    # tile_n 112 555-627, no pingpong 594-623, P in smem 568-606, no overlap 573-605, neither
+    # overlap nor pingpong 531-563, tile_m 64 438-472: none better beyond run-to-run noise.
+    128: dict(tile_m=128, tile_n=128),
+    # FA4's d256 tile. Correct (as d64); speed unmeasured.
+    256: dict(tile_m=128, tile_n=80),
 }
 
 
