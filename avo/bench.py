@@ -45,6 +45,9 @@ def main(argv=None) -> int:
             if best is None:
                 raise LineageError(f"{args.archive} has no committed kernel; pass --kernel flash_fwd_sm90")
             source, label = resolve_source(best.id, lineage)[0], best.id
+        elif (jit.TEMPLATES_DIR / args.kernel / "knobs.py").exists():
+            # a template is benchmarked with its default knobs for each head_dim (its DEFAULTS table)
+            source, label = jit.TEMPLATES_DIR / args.kernel, args.kernel
         else:
             source, label = resolve_source(args.kernel, lineage)[0], args.kernel
     except (SuiteError, LineageError, FileNotFoundError, jit.CompileError) as exc:
@@ -100,8 +103,10 @@ def _bench_task(source, suite, baselines, rounds) -> dict:
 
     suite_obj = load_suite(suite)
     kernels, compile_seconds = {}, {}
+    template = Path(source).name if Path(source).is_dir() else None
     for spec in suite_obj.specs:
-        kernel = jit.compile_kernel(source, spec)
+        spec_source = jit.render(template, jit.load_knobs(template, spec=spec)) if template else source
+        kernel = jit.compile_kernel(spec_source, spec)
         kernels[spec] = kernel
         compile_seconds[spec.key()] = kernel.report.get("compile_seconds")
     checked = 0
