@@ -55,16 +55,18 @@ assert set(SPACE) == {f.name for f in fields(Knobs)}
 # Default knobs per head_dim: the fields that differ from Knobs(). Beside each row, the
 # measurement that justifies it.
 DEFAULTS: dict[int, dict] = {
-    # FA4's d64 tile. Correct (bf16/fp16, causal/full, MHA/GQA 4, H200 2026-11-22); speed
-    # unmeasured. Compiles to 128 registers with a 56-byte stack at 3 MMA warp groups.
+    # FA4's d64 tile. H200 2026-11-22 (bench/seed_vs_fa4.py, MHA 16h s8k bf16, TFLOPS):
+    # full 524 vs FA4 534 (0.98x), causal 476 vs 496 (0.96x); tile_m 128 (240 regs): 427 / 442.
     64: dict(tile_m=192, tile_n=128, mma_regs=160, producer_regs=32),
-    # H200 2026-11-22, bench/seed_vs_fa4.py, d128 suite (24 configs, bf16, 32k tokens): geomean
-    # 0.954x FA4 (min 0.908), cuDNN 0.906x. Alternatives at MHA/GQA 32/8, s8k/s16k, TFLOPS vs
-    # this row's 611-633 (full) / 587-613 (causal): 3 stages 603-632, tile_n 176 582-638,
-    # tile_n 112 555-627, no pingpong 594-623, P in smem 568-606, no overlap 573-605, neither
-    # overlap nor pingpong 531-563, tile_m 64 438-472: none better beyond run-to-run noise.
+    # H200 2026-11-22, bench/seed_vs_fa4.py, d128 suite (24 configs, bf16, 32k tokens), same
+    # run: geomean 0.978x FA4 (min 0.941, GQA 32/8 causal s16k), cuDNN 0.906x. Variants at
+    # MHA / GQA 32/8, s8k / s16k vs this row's 632-663 (full) and 599-614 (causal) TFLOPS:
+    # tile_n 176 651-666 full (a candidate) but 596-625 causal; 3 stages 632-645 / 591-617;
+    # no pingpong 618-639 / 585-631; an earlier run: P in smem, no overlap, tile_n 112 and
+    # tile_m 64 all lower (568-606, 573-605, 555-627, 438-472).
     128: dict(tile_m=128, tile_n=128),
-    # FA4's d256 tile. Correct (as d64); speed unmeasured.
+    # FA4's d256 tile. H200 2026-11-22, MHA 16h s8k: full 677 vs FA4 712 (0.95x), causal 660
+    # vs 677 (0.98x); tile_n 64: 680 / 656, the same within noise.
     256: dict(tile_m=128, tile_n=80),
 }
 
@@ -72,7 +74,8 @@ DEFAULTS: dict[int, dict] = {
 def default_knobs(spec) -> Knobs:
     """Knobs for an `avo.spec.AttentionSpec`: the DEFAULTS row of the nearest head_dim at or above
     spec.head_dim; GQA packs query heads when the group divides the M tile; the head-grouped CTA
-    order only for causal (FA4's orders: unmeasured here which is better for non-causal)."""
+    order only for causal (H200 2026-11-22, d128 s8k/s16k: non-causal with it 579-611 TFLOPS vs
+    632-663 without; causal without it 579-628 vs 599-614 with, a wash)."""
     hd = min((h for h in DEFAULTS if h >= spec.head_dim), default=max(DEFAULTS))
     k = Knobs(**DEFAULTS[hd], head_swizzle=spec.causal)
     if spec.qhead_per_kvhead > 1 and k.tile_m % spec.qhead_per_kvhead == 0:
