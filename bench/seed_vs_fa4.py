@@ -11,6 +11,7 @@ kernel that hangs is recorded as HANG and the phase goes on after it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -75,6 +76,7 @@ def inputs(spec, b, sq, sk, hq, hkv, device="cuda"):
 
 def check_one(fn, spec, b, sq, sk, hq, hkv):
     import torch
+
     from avo.reference import reference_attention
 
     q, k, v = inputs(spec, b, sq, sk, hq, hkv)
@@ -144,7 +146,6 @@ def bench_ms(fn):
 
 
 def baselines(spec, q, k, v, causal):
-    import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -172,6 +173,7 @@ def baselines(spec, q, k, v, causal):
 
 def worker_time(args, skip, variants: bool, head_dims=(128,)):
     import torch
+
     from avo.spec import AttentionSpec
 
     manifest, get = load_kernels(args.objs)
@@ -206,7 +208,7 @@ def worker_time(args, skip, variants: bool, head_dims=(128,)):
                         fn = get(n)
                         run_kernel(fn, q, k, v, o, lse, scale)
                         torch.cuda.synchronize()
-                        row[n.split("__")[1]] = bench_ms(lambda: run_kernel(fn, q, k, v, o, lse, scale))
+                        row[n.split("__")[1]] = bench_ms(functools.partial(run_kernel, fn, q, k, v, o, lse, scale))
                     except Exception as e:  # noqa: BLE001
                         log(f"  {n} failed: {str(e)[-200:]}")
                 if not variants or hd != 128:

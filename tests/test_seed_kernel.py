@@ -34,7 +34,7 @@ def render(knobs: Knobs) -> str:
     return jinja2.Template(TEMPLATE.read_text(), undefined=jinja2.StrictUndefined).render(knobs=knobs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_module(knobs: Knobs):
     src = render(knobs)
     name = "seed_" + hashlib.sha256(src.encode()).hexdigest()[:16]
@@ -64,7 +64,7 @@ def fake_args(spec: AttentionSpec):
     return (bshd(sq, hq), bshd(sk, hkv), bshd(sk, hkv), bshd(sq, hq), lse, cutlass.Float32(1.0), stream)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled(spec: AttentionSpec, knobs: Knobs):
     import cutlass.cute as cute
 
