@@ -3,7 +3,7 @@ specialization, then TFLOPS against FA4 (flash_attn.cute) and cuDNN (torch SDPA)
 
     python bench/seed_vs_fa4.py --objs scratch/objs [--out $OUT] [--phases check,suite,variants]
 
-Kernels come from objects exported on the CPU machine (`scratch/precompile.py`: a manifest plus
+Kernels come from objects exported on the CPU machine (`bench/precompile_seed.py`: a manifest plus
 one `<name>.o` per (spec, knobs)). Each phase runs in a child process under a watchdog, so a
 kernel that hangs is recorded as HANG and the phase goes on after it.
 """
