@@ -127,11 +127,6 @@ class Run:
         node.extra.update(ratio=verdict.ratio, noise=verdict.noise, gain=verdict.gain, stage=verdict.stage,
                           compile_only=verdict.compile_only, incumbent_scores=verdict.incumbent_scores,
                           compile_reports=verdict.compile_reports)
-        if verdict.status == "committed" and verdict.ratio is not None:
-            # geomeans from different runs drift with the machine: chain the same-run ratio instead
-            best = self.lineage.best(self.config.suite, self.config.arch)
-            node.extra["measured_geomean"] = verdict.geomean
-            node.geomean = best.geomean * verdict.ratio if best else verdict.geomean
         self.lineage.add(node, source_text=source_text if node.status == "committed" else None)
         self.state["candidates"] += 1
         self.progress.event("candidate", id=node.id, operator=node.operator, status=node.status,

@@ -99,10 +99,12 @@ class Lineage:
         return sorted(out, key=lambda c: c.created)
 
     def best(self, suite: str | None = None, arch: str | None = None) -> Candidate | None:
-        """The committed node with the highest geomean (the incumbent), optionally of one suite/arch."""
+        """The incumbent: the newest committed node, optionally of one suite/arch. A node is committed
+        only when it is at least as fast as the incumbent of its time, measured side by side, so the
+        newest is the best so far; geomeans taken in different runs drift and are not compared."""
         committed = [c for c in self.nodes("committed")
                      if (suite is None or c.suite == suite) and (arch is None or c.arch == arch)]
-        return max(committed, key=lambda c: c.geomean) if committed else None
+        return committed[-1] if committed else None
 
     def committed_path(self, suite: str | None = None, arch: str | None = None) -> list[Candidate]:
         """The chain of committed ancestors of the incumbent, seed first."""
@@ -115,7 +117,7 @@ class Lineage:
             committed = [p for p in parents if p.status == "committed"]
             if not committed:
                 return chain[::-1]
-            chain.append(max(committed, key=lambda c: c.geomean))
+            chain.append(max(committed, key=lambda c: c.created))
 
     def source(self, node_id: str) -> str:
         node = self.get(node_id)

@@ -4,8 +4,8 @@
     out, lse = avo.load("v0042")(q, k, v, return_lse=True)  # one lineage version
 
 The kernel for a call is chosen per GPU arch and specialization (`AttentionSpec`: dtype, head_dim,
-causal, GQA ratio): the committed archive nodes of that arch, best geomean first, the first whose
-source compiles for the spec; where none does, the arch's seed template with its default knobs.
+causal, GQA ratio): the committed archive nodes of that arch, newest (the incumbent) first, the
+first whose source compiles for the spec; where none does, the arch's seed template with its default knobs.
 It is compiled (or loaded from the disk cache, avo.jit) on first use and kept for the process.
 
 The launch is the custom op `avo::attention_fwd` (torch.library), with a fake implementation, so
@@ -67,14 +67,15 @@ class Attention:
     # -- choosing and loading kernels --------------------------------------------------------
     def candidates(self, arch: str) -> list[tuple[str, Path]]:
         """(label, source) in the order they are tried for `arch`: committed nodes of that arch by
-        geomean, best first (or the one node), then the arch's seed."""
+        newest first (or the one node), then the arch's seed."""
         lineage = Lineage.load(self.archive)
         if self.node_id is not None:
             node = lineage.get(self.node_id)
             if node.arch and node.arch != arch:
                 raise ValueError(f"{_WHO}: node {node.id} was evolved for {node.arch}, not {arch}")
             return [(node.id, self.archive / node.source_path)]
-        nodes = sorted((c for c in lineage.nodes("committed") if c.arch == arch), key=lambda c: -c.geomean)
+        # newest first: each commit was at least as fast as the incumbent of its time (Lineage.best)
+        nodes = sorted((c for c in lineage.nodes("committed") if c.arch == arch), key=lambda c: -c.created)
         out = [(c.id, self.archive / c.source_path) for c in nodes]
         if arch in SEEDS:
             out.append((f"seed:{SEEDS[arch]}", None))

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from avo import jit
-from avo.evaluate import NOISE_FLOOR, commit_decision, evaluate, geomean, static_check
+from avo.evaluate import NOISE_CAP, NOISE_FLOOR, commit_decision, evaluate, geomean, static_check
 
 
 def test_geomean_is_zero_on_any_failure():
@@ -24,10 +24,14 @@ def test_geomean_is_zero_on_any_failure():
     (1.020, 0.01, (True, True)),  # a real gain
     (0.999, 0.0, (True, False)),  # the noise floor applies when spread was ~0
     (0.997, 0.0, (False, False)),
+    (0.986, 0.05, (False, False)),  # a noisy run forgives at most NOISE_CAP of slowdown
+    (0.992, 0.05, (True, False)),
+    (1.040, 0.05, (True, False)),  # and a gain must still clear the whole noise
+    (1.060, 0.05, (True, True)),
 ])
 def test_commit_rule_with_noise(ratio, noise, expected):
     assert commit_decision(ratio, noise) == expected
-    assert NOISE_FLOOR == 0.002
+    assert (NOISE_FLOOR, NOISE_CAP) == (0.002, 0.01)
 
 
 @pytest.mark.parametrize("line, message", [
