@@ -65,9 +65,11 @@ class Attention:
         return _call(self.handle, q, k, v, causal, softmax_scale, return_lse)
 
     # -- choosing and loading kernels --------------------------------------------------------
-    def candidates(self, arch: str) -> list[tuple[str, Path]]:
+    def candidates(self, arch: str, spec: AttentionSpec | None = None) -> list[tuple[str, Path]]:
         """(label, source) in the order they are tried for `arch`: committed nodes of that arch by
-        newest first (or the one node), then the arch's seed."""
+        newest first (or the one node), then the arch's seed. With `spec`, a node whose suite never
+        verified that specialization is passed over: it was measured correct on its suite's shapes
+        only, and the seed is checked on every spec by its own tests."""
         lineage = Lineage.load(self.archive)
         if self.node_id is not None:
             node = lineage.get(self.node_id)
@@ -75,7 +77,8 @@ class Attention:
                 raise ValueError(f"{_WHO}: node {node.id} was evolved for {node.arch}, not {arch}")
             return [(node.id, self.archive / node.source_path)]
         # newest first: each commit was at least as fast as the incumbent of its time (Lineage.best)
-        nodes = sorted((c for c in lineage.nodes("committed") if c.arch == arch), key=lambda c: -c.created)
+        nodes = sorted((c for c in lineage.nodes("committed") if c.arch == arch and _verified_for(c, spec)),
+                       key=lambda c: -c.created)
         out = [(c.id, self.archive / c.source_path) for c in nodes]
         if arch in SEEDS:
             out.append((f"seed:{SEEDS[arch]}", None))
@@ -89,7 +92,7 @@ class Attention:
         if found is not None:
             return found
         tried = []
-        for label, source in self.candidates(arch):
+        for label, source in self.candidates(arch, spec):
             if source is None:  # the seed, rendered with its default knobs for this spec
                 template = label.split(":", 1)[1]
                 source = jit.render(template, jit.load_knobs(template, spec=spec))
@@ -123,6 +126,17 @@ class Attention:
             kernel.fn(q1, k1, k1, torch.empty_like(q1), lse, 1.0)
             torch.cuda.synchronize()
         return kernel
+
+
+def _verified_for(node, spec: AttentionSpec | None) -> bool:
+    if spec is None or not node.suite:
+        return True
+    from avo.suites import SuiteError, load_suite
+
+    try:
+        return spec in load_suite(node.suite).specs
+    except SuiteError:
+        return False
 
 
 _INSTANCES: dict[str, Attention] = {}

@@ -316,3 +316,14 @@ def test_capture_without_prepare_is_a_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match="no kernel loaded for bf16_d64_full_g1 and a CUDA graph is being"):
         with torch.cuda.graph(graph):
             fresh(q, k, v)
+
+
+def test_a_node_is_used_only_for_specs_its_suite_verified(tmp_path):
+    lineage = Lineage.load(tmp_path / "archive")
+    lineage.add(Candidate(id="v0000", status="committed", arch="sm_90a", suite="mha", geomean=1.0),
+                source_text="KERNEL = None\n")
+    attention = ops.load(None, lineage.root)
+    mha = AttentionSpec(head_dim=128, causal=True)
+    gqa = AttentionSpec(head_dim=128, causal=True, qhead_per_kvhead=4)
+    assert [label for label, _ in attention.candidates("sm_90a", mha)] == ["v0000", "seed:flash_fwd_sm90"]
+    assert [label for label, _ in attention.candidates("sm_90a", gqa)] == ["seed:flash_fwd_sm90"]
