@@ -30,26 +30,19 @@ def main(argv=None) -> int:
     parser.add_argument("--suite", default="paper")
     parser.add_argument("--archive", default="archive")
     parser.add_argument("--baselines", default=",".join(BASELINES))
+    parser.add_argument("--compare", help="a second kernel (same forms as --kernel) timed interleaved with the "
+                        "first in the same process, e.g. the seed: --kernel best --compare v0000")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--out", help="JSON file (default bench/results/<date>_<suite>.json)")
     args = parser.parse_args(argv)
     from avo import jit
-    from avo.eval import resolve_source
 
     try:
         suite = load_suite(args.suite)
         lineage = Lineage.load(args.archive)
-        if args.kernel == "best":
-            best = lineage.best()
-            if best is None:
-                raise LineageError(f"{args.archive} has no committed kernel; pass --kernel flash_fwd_sm90")
-            source, label = resolve_source(best.id, lineage)[0], best.id
-        elif (jit.TEMPLATES_DIR / args.kernel / "knobs.py").exists():
-            # a template is benchmarked with its default knobs for each head_dim (its DEFAULTS table)
-            source, label = jit.TEMPLATES_DIR / args.kernel, args.kernel
-        else:
-            source, label = resolve_source(args.kernel, lineage)[0], args.kernel
+        source, label = _resolve(args.kernel, lineage)
+        compare, compare_label = _resolve(args.compare, lineage) if args.compare else (None, None)
     except (SuiteError, LineageError, FileNotFoundError, jit.CompileError) as exc:
         print(f"avo.bench: {exc}", file=sys.stderr)
         return 2
@@ -58,16 +51,19 @@ def main(argv=None) -> int:
               "`python -m avo.eval --compile-only` checks compilation without one.", file=sys.stderr)
         return 2
     baselines = [b for b in args.baselines.split(",") if b]
-    print(f"benchmarking {label} ({source}) on {suite.name}: {len(suite.timed)} configs vs {', '.join(baselines)}",
-          flush=True)
+    versus = ", ".join(([compare_label] if compare_label else []) + baselines)
+    print(f"benchmarking {label} ({source}) on {suite.name}: {len(suite.timed)} configs vs {versus}", flush=True)
     result = run_isolated("avo.bench:_bench_task", {"source": str(source), "suite": args.suite,
-                                                    "baselines": baselines, "rounds": args.rounds},
+                                                    "baselines": baselines, "rounds": args.rounds,
+                                                    "compare": str(compare) if compare else None},
                           timeout_s=args.timeout)
     if not result.ok:
         print(f"avo.bench: {result.summary()}\n{result.stderr_tail[-1500:]}", file=sys.stderr)
         return 1
     report = result.value
     report.update(kernel=label, source=str(source), command="python -m avo.bench " + " ".join(argv or sys.argv[1:]))
+    if compare_label:
+        report["compare"]["kernel"] = compare_label
     print(format_report(report))
     out = Path(args.out or f"bench/results/{report['date'][:10]}_{suite.name}_{label}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -76,25 +72,47 @@ def main(argv=None) -> int:
     return 0
 
 
+def _resolve(what: str, lineage: Lineage) -> tuple[Path, str]:
+    """(source, label) for 'best', a node id, a .py file or a template name (a template directory:
+    benchmarked with its default knobs for each head_dim, its DEFAULTS table)."""
+    from avo import jit
+    from avo.eval import resolve_source
+
+    if what == "best":
+        best = lineage.best()
+        if best is None:
+            raise LineageError(f"{lineage.root} has no committed kernel; pass --kernel flash_fwd_sm90")
+        return resolve_source(best.id, lineage)[0], best.id
+    if (jit.TEMPLATES_DIR / what / "knobs.py").exists():
+        return jit.TEMPLATES_DIR / what, what
+    return resolve_source(what, lineage)[0], what
+
+
 def format_report(report: dict) -> str:
-    names = ["avo"] + list(report["baselines"])
+    compare = report.get("compare")
+    names = ["avo"] + (["compare"] if compare else []) + list(report["baselines"])
     lines = [f"{report['device']}, {report['date']}, torch {report['torch']}, cutlass-dsl {report['cutlass_dsl']}",
              f"{'config':30s}" + "".join(f"{n:>9s}" for n in names)
-             + "".join(f"{'/' + n:>9s}" for n in report["baselines"]) + "   (TFLOPS; ratios avo/baseline)"]
+             + "".join(f"{'/' + n:>9s}" for n in names[1:]) + "   (TFLOPS; ratios avo/other)"]
     for config, value in report["scores"].items():
         row = [value] + [report["baselines"][b].get(config) for b in report["baselines"]]
+        if compare:
+            row.insert(1, compare["scores"].get(config))
         ratios = [value / x if x else None for x in row[1:]]
         lines.append(f"{config:30s}" + "".join(f"{x:9.1f}" if x else f"{'-':>9s}" for x in row)
                      + "".join(f"{r:9.3f}" if r else f"{'-':>9s}" for r in ratios))
     geo = report["geomean"]
     lines.append(f"{'geomean':30s}" + "".join(f"{geo[n]:9.1f}" if geo.get(n) else f"{'-':>9s}" for n in names)
-                 + "".join(f"{geo['avo'] / geo[b]:9.3f}" if geo.get(b) else f"{'-':>9s}" for b in report["baselines"]))
+                 + "".join(f"{geo['avo'] / geo[b]:9.3f}" if geo.get(b) else f"{'-':>9s}" for b in names[1:]))
+    if compare:
+        lines.append(f"{report['kernel']} / {compare['kernel']} in the same run: {compare['ratio']:.4f} "
+                     f"(noise {compare['noise']:.2%})")
     lines.append("compile seconds per specialization: " + ", ".join(
         f"{k} {v}" for k, v in report["compile_seconds"].items()))
     return "\n".join(lines)
 
 
-def _bench_task(source, suite, baselines, rounds) -> dict:
+def _bench_task(source, suite, baselines, rounds, compare=None) -> dict:
     import cutlass
     import torch
 
@@ -102,20 +120,23 @@ def _bench_task(source, suite, baselines, rounds) -> dict:
     from avo.evaluate import _benchmark
 
     suite_obj = load_suite(suite)
-    kernels, compile_seconds = {}, {}
-    template = Path(source).name if Path(source).is_dir() else None
-    for spec in suite_obj.specs:
-        spec_source = jit.render(template, jit.load_knobs(template, spec=spec)) if template else source
-        kernel = jit.compile_kernel(spec_source, spec)
-        kernels[spec] = kernel
-        compile_seconds[spec.key()] = kernel.report.get("compile_seconds")
-    checked = 0
-    for config in suite_obj.timed + suite_obj.correctness:
-        result = verify.check(kernels[config.spec].fn, [config], seeds=1)
-        if not result["ok"]:
-            raise RuntimeError(f"kernel is wrong, refusing to time it: {result['diagnosis']}")
-        checked += 1
-    bench = _benchmark(kernels, {}, suite_obj.timed, rounds, tuple(baselines))
+
+    def compiled(path):
+        template = Path(path).name if Path(path).is_dir() else None
+        kernels = {}
+        for spec in suite_obj.specs:
+            spec_source = jit.render(template, jit.load_knobs(template, spec=spec)) if template else path
+            kernels[spec] = jit.compile_kernel(spec_source, spec)
+        for config in suite_obj.timed + suite_obj.correctness:
+            result = verify.check(kernels[config.spec].fn, [config], seeds=1)
+            if not result["ok"]:
+                raise RuntimeError(f"{path} is wrong, refusing to time it: {result['diagnosis']}")
+        return kernels
+
+    kernels = compiled(source)
+    compile_seconds = {spec.key(): k.report.get("compile_seconds") for spec, k in kernels.items()}
+    checked = len(suite_obj.timed) + len(suite_obj.correctness)
+    bench = _benchmark(kernels, compiled(compare) if compare else {}, suite_obj.timed, rounds, tuple(baselines))
     if bench["over_peak"]:
         raise RuntimeError(bench["over_peak"])
     configs = list(bench["scores"])
@@ -123,11 +144,15 @@ def _bench_task(source, suite, baselines, rounds) -> dict:
     for name, per_config in bench["baselines"].items():
         if len(per_config) == len(configs):
             geo[name] = geomean(per_config.values())
+    if compare:
+        geo["compare"] = geomean(bench["incumbent"].values())
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name(), "torch": torch.__version__, "cutlass_dsl": cutlass.__version__,
             "suite": suite, "scores": bench["scores"], "baselines": bench["baselines"], "geomean": geo,
             "correctness_checks": checked, "compile_seconds": compile_seconds,
-            "configs": {c.name: c.as_dict() for c in suite_obj.timed}}
+            "configs": {c.name: c.as_dict() for c in suite_obj.timed},
+            "compare": {"scores": bench["incumbent"], "geomean": geo["compare"], "ratio": geo["avo"] / geo["compare"],
+                        "noise": bench["noise"]} if compare else None}
 
 
 if __name__ == "__main__":
