@@ -214,21 +214,27 @@ def draw_trajectory(lineage: Lineage):
     for name, (label, style) in BASELINES.items():
         ys = [_baseline_geomean(c, name) or math.nan for c in path]
         if any(not math.isnan(y) for y in ys):
-            ax_geo.plot(x, ys, linestyle=style, color="black", alpha=0.6, label=f"{label} (same run)")
+            # marked points: a baseline measured beside only some versions still shows
+            ax_geo.plot(x, ys, linestyle=style, marker="x", color="black", alpha=0.6, label=f"{label} (same run)")
     configs = sorted({cfg for c in path for cfg in c.scores})
+    handles = []  # the legend names configs; the baselines' line styles are told once, in a note
     for i, cfg in enumerate(configs):
         color = f"C{i % 10}"
-        ax_cfg.plot(x, [c.scores.get(cfg, math.nan) for c in path], marker="o", color=color, label=cfg)
+        handles += ax_cfg.plot(x, [c.scores.get(cfg, math.nan) for c in path], marker="o", color=color, label=cfg)
         for name, (label, style) in BASELINES.items():
             ys = [(c.baselines.get(name) or {}).get(cfg, math.nan) for c in path]
             if any(not math.isnan(y) for y in ys):
-                ax_cfg.plot(x, ys, linestyle=style, color=color, alpha=0.7, label=f"{cfg} {label}")
+                ax_cfg.plot(x, ys, linestyle=style, marker="x", color=color, alpha=0.7, label=f"{cfg} {label}")
     for ax, title in ((ax_geo, "geomean TFLOPS"), (ax_cfg, "TFLOPS per config")):
         ax.set_xticks(x, [c.id for c in path], rotation=45, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("TFLOPS")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
+    ax_geo.legend(fontsize=7, frameon=False)
+    ax_cfg.legend(handles=handles, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax_cfg.text(1.01, 0.0, "x marks: " + ", ".join(f"{label} {'dashed' if style == '--' else 'dotted'}"
+                                                    for label, style in BASELINES.values()) + " (same run)",
+                transform=ax_cfg.transAxes, fontsize=7, va="bottom")
     archs = sorted({c.arch for c in path if c.arch})
     fig.suptitle("committed versions" + (f" ({', '.join(archs)})" if archs else ""), fontsize=11)
     return fig
