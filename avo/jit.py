@@ -362,6 +362,9 @@ def _import_kernel_module(source: Path):
     return module
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _error_from_exception(stage: str, exc: BaseException, source: Path) -> CompileError:
     """The DSL's message plus the deepest frame (or syntax-error line) inside the generated file."""
     line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else None
@@ -369,7 +372,7 @@ def _error_from_exception(stage: str, exc: BaseException, source: Path) -> Compi
     for frame in tb:
         if Path(frame.filename).resolve() == source:
             line = frame.lineno
-    message = str(exc).strip() or type(exc).__name__
+    message = _ANSI.sub("", str(exc)).strip() or type(exc).__name__  # the DSL colours its errors
     if line is None:  # the DSL reports its own source locations in the message
         match = re.search(re.escape(source.name) + r'"?[:, line]+(\d+)', message)
         line = int(match.group(1)) if match else None
