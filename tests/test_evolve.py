@@ -67,7 +67,7 @@ def test_kill_9_then_resume_loses_no_committed_node(tmp_path):
     archive = tmp_path / "archive"
     deadline = time.monotonic() + 240
     committed_before: dict = {}
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
         try:
             lineage = Lineage.load(archive)
