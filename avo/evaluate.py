@@ -181,8 +181,9 @@ def _cascade(source, suite, archs, incumbent, compile_only, seeds, rounds, basel
     timing["compile"] = round(time.monotonic() - t0, 2)
     verdict["compile_reports"] = reports
     if compile_only:
+        why = "asked for" if gpu_arch in archs else "no matching GPU"
         verdict.update(status="screened", stage="compile",
-                       diagnosis=f"compile-only: compiled for {', '.join(archs)}; not run (no matching GPU)")
+                       diagnosis=f"compile-only: compiled for {', '.join(archs)}; not run ({why})")
         return verdict
 
     try:
