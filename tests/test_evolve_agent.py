@@ -54,3 +54,27 @@ def test_agent_run_records_nodes_statuses_diffs_and_costs(tmp_path, monkeypatch)
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["tokens"] == (4 + 2) * 110 and len(state["steps"]) == 2  # 110 tokens per scripted reply
     assert [s["status"] for s in state["steps"]] == ["screened", "gave_up"]
+
+
+def test_supervisor_redirects_a_stalled_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVO_TEST_API_KEY", SECRET)
+    advice = "Try a different tile_n and measure it."
+    server = ScriptedServer([
+        _reply(_call("give_up", {"reason": "stuck 1"})),
+        _reply(_call("give_up", {"reason": "stuck 2"})),
+        {"content": advice},  # the supervisor's model review after the second stalled step
+        _reply(_call("give_up", {"reason": "stuck 3"})),
+    ])
+    try:
+        code = main(_args(tmp_path, "--operator", "agent", "--candidates", "4",
+                          "--set", f"endpoint.base_url={server.url}", "--set", "endpoint.model=scripted",
+                          "--set", "endpoint.api_key_env=AVO_TEST_API_KEY", "--set", "supervisor.stall_steps=2"))
+    finally:
+        server.close()
+    assert code == 0
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    fired = [e for e in events if e["event"] == "supervisor"]
+    assert len(fired) == 1 and fired[0]["findings"] == ["stagnation"] and fired[0]["by"] == "rules+model"
+    assert "No commit in 2 steps" in fired[0]["directions"] and advice in fired[0]["directions"]
+    third_step_prompt = json.dumps(server.requests[3]["body"]["messages"])
+    assert "No commit in 2 steps" in third_step_prompt and advice in third_step_prompt
