@@ -34,7 +34,7 @@ class Knobs:
     def num_mma_warp_groups(self) -> int:
         return self.tile_m // 64
 
-    def replace(self, **kw) -> "Knobs":
+    def replace(self, **kw) -> Knobs:
         return replace(self, **kw)
 
 
