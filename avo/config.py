@@ -64,7 +64,7 @@ class EvaluationSection:
     seeds: int = 2
     rounds: int = 3  # interleaved timing rounds
     baselines: tuple[str, ...] = ("fa4", "cudnn")  # measured in the same run on each commit
-    gpus: tuple[int, ...] = (0,)
+    gpus: tuple[int, ...] = (0,)  # one isolated worker per GPU: the knob operator evaluates one proposal on each
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import json
 import random
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from avo import jit
@@ -106,16 +107,31 @@ class Run:
 
     def judge(self, node: Candidate, source: Path | None = None) -> Verdict:
         """Evaluate a reserved node and record the verdict; returns it."""
-        source = source or Path(node.source_path)
+        return self.judge_batch([(node, source)])[0]
+
+    def judge_batch(self, items: list[tuple[Candidate, Path | None]]) -> list[Verdict]:
+        """Evaluate reserved nodes at once, one isolated worker per GPU of `evaluation.gpus`, each
+        against the same incumbent, then record them. Commits are recorded slowest first, so the
+        newest commit (the next incumbent) is the fastest of the batch."""
         cfg = self.config.evaluation
+        gpus = (None,) if self.compile_only else cfg.gpus
         incumbent = self.incumbent_source()
-        verdict = self.evaluate_fn(source, suite=self.config.suite,
-                                   archs=tuple(dict.fromkeys((self.config.arch, *self.config.compile_archs))),
-                                   incumbent=incumbent, compile_only=True if self.compile_only else None,
-                                   timeout_s=cfg.timeout_s, seeds=cfg.seeds, rounds=cfg.rounds,
-                                   baselines=cfg.baselines if incumbent is None else ())
-        self.record(node, verdict, source.read_text())
-        return verdict
+        archs = tuple(dict.fromkeys((self.config.arch, *self.config.compile_archs)))
+
+        def run(index: int) -> Verdict:
+            node, source = items[index]
+            return self.evaluate_fn(source or Path(node.source_path), suite=self.config.suite, archs=archs,
+                                    incumbent=incumbent, compile_only=True if self.compile_only else None,
+                                    gpu=gpus[index % len(gpus)], timeout_s=cfg.timeout_s, seeds=cfg.seeds,
+                                    rounds=cfg.rounds, baselines=cfg.baselines if incumbent is None else ())
+
+        with ThreadPoolExecutor(max_workers=min(len(items), len(gpus))) as pool:
+            verdicts = list(pool.map(run, range(len(items))))
+        order = sorted(range(len(items)), key=lambda i: (verdicts[i].status == "committed", verdicts[i].ratio or 0.0))
+        for i in order:
+            node, source = items[i]
+            self.record(node, verdicts[i], (source or Path(node.source_path)).read_text())
+        return verdicts
 
     def record(self, node: Candidate, verdict: Verdict, source_text: str) -> Candidate:
         node.status = verdict.status
@@ -160,17 +176,24 @@ class Run:
         return self.lineage.get(node.id)
 
     def step_knobs(self, operator) -> bool:
+        """One proposal per GPU (never past the candidate budget), evaluated side by side."""
         incumbent = self.incumbent()
-        proposal = operator.propose(self.lineage, incumbent.id if incumbent else None)
-        if proposal is None:
+        room = self.config.budget.candidates - self.state["candidates"]
+        batch = 1 if self.compile_only else max(1, min(len(self.config.evaluation.gpus), room))
+        nodes = []
+        for _ in range(batch):
+            proposal = operator.propose(self.lineage, incumbent.id if incumbent else None)
+            if proposal is None:
+                break
+            for skipped in proposal.skipped:
+                self.progress.event("skipped", reason=skipped[:300])
+            text = jit.render(operator.template, proposal.knobs).read_text()
+            nodes.append((self.reserve("knobs", proposal.parents, text, template=operator.template,
+                                       knobs=dataclasses.asdict(proposal.knobs), rationale=proposal.rationale), None))
+        if not nodes:
             self.state["stop_reason"] = "knob space exhausted around the committed parents"
             return False
-        for skipped in proposal.skipped:
-            self.progress.event("skipped", reason=skipped[:300])
-        text = jit.render(operator.template, proposal.knobs).read_text()
-        node = self.reserve("knobs", proposal.parents, text, template=operator.template,
-                            knobs=dataclasses.asdict(proposal.knobs), rationale=proposal.rationale)
-        self.judge(node)
+        self.judge_batch(nodes)
         return True
 
     def step_agent(self, redirect) -> None:

@@ -98,3 +98,28 @@ def test_kill_9_then_resume_loses_no_committed_node(tmp_path):
     assert "knob space exhausted" in state["stop_reason"]
     assert len(final) == 9 and len({json.dumps(n.knobs, sort_keys=True) for n in final.nodes()}) == 9
     assert "recovered" in out or pending == []
+
+
+def test_knob_batches_run_one_worker_per_gpu(tmp_path, monkeypatch):
+    from avo import jit
+    from tests.evolve_fake import fake_evaluate
+
+    monkeypatch.setattr(jit, "current_arch", lambda: "sm_90a")  # a GPU as far as the run can tell
+    calls = []
+
+    def recording(source, gpu=None, incumbent=None, **kwargs):
+        calls.append((gpu, incumbent))
+        return fake_evaluate(source, incumbent=incumbent, **kwargs)
+
+    monkeypatch.setenv("AVO_FAKE_EVAL_SECONDS", "0.05")
+    assert main(_args(tmp_path, "--candidates", "5", "--set", "evaluation.gpus=[0, 1]"), evaluate_fn=recording) == 0
+    assert calls[0][0] == 0 and sorted(g for g, _ in calls[1:3]) == sorted(g for g, _ in calls[3:5]) == [0, 1]
+    assert calls[1][1] == calls[2][1] and calls[3][1] == calls[4][1]  # a batch shares its incumbent
+    assert len(Lineage.load(tmp_path / "archive")) == 5
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    recorded = [e for e in events if e["event"] == "candidate"]
+    for first, second in (recorded[1:3], recorded[3:5]):  # each batch, in the order it was recorded
+        if first["status"] == second["status"] == "committed":
+            assert second["ratio"] >= first["ratio"]  # the faster commit is recorded last: it leads
+        if first["status"] != second["status"]:
+            assert second["status"] == "committed"  # commits are recorded after the others
