@@ -90,14 +90,10 @@ def _incumbent(choice: str, lineage: Lineage) -> tuple[str | None, str | None]:
 
 
 def _record(lineage: Lineage, source: Path, verdict, parent: str | None) -> Candidate:
-    from avo.jit import _sha
-
     text = source.read_text()
     node = Candidate(id=lineage.new_id(), parents=[parent] if parent else [], operator="manual",
-                     status=verdict.status, source_hash=_sha(text), source_path=str(source),
-                     scores=verdict.scores, geomean=verdict.geomean, baselines=verdict.baselines,
-                     diagnosis=verdict.diagnosis, timing=verdict.timing,
-                     extra={"ratio": verdict.ratio, "noise": verdict.noise, "compile_reports": verdict.compile_reports})
+                     source_hash=jit.source_hash(text), source_path=str(source))
+    verdict.apply_to(node)
     return lineage.add(node, source_text=text if verdict.status == "committed" else None)
 
 

@@ -60,6 +60,17 @@ class Verdict:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def apply_to(self, node) -> None:
+        """Write this verdict onto a lineage Candidate: status, scores, diagnosis, timings, and the
+        rest of the evidence (ratio, noise, compile reports) under `extra`."""
+        node.status, node.scores, node.geomean, node.diagnosis = self.status, self.scores, self.geomean, self.diagnosis
+        node.timing = {**node.timing, **self.timing}
+        if self.baselines:
+            node.baselines = self.baselines
+        node.extra.update(ratio=self.ratio, noise=self.noise, gain=self.gain, stage=self.stage,
+                          compile_only=self.compile_only, incumbent_scores=self.incumbent_scores,
+                          compile_reports=self.compile_reports)
+
 
 def geomean(values) -> float:
     values = list(values)
@@ -297,15 +308,9 @@ def _time_config(config, fn, incumbent_fn, baselines, rounds) -> dict:
     import torch
 
     from avo import timing
+    from avo.verify import random_inputs
 
-    gen = torch.Generator(device="cuda").manual_seed(int.from_bytes(os.urandom(4), "little"))
-
-    def rand(seqlen, heads):
-        return torch.randn(config.batch, seqlen, heads, config.head_dim, device="cuda",
-                           dtype=config.spec.torch_dtype, generator=gen)
-
-    q, k, v = rand(config.seqlen_q, config.heads_q), rand(config.seqlen_k, config.heads_kv), rand(
-        config.seqlen_k, config.heads_kv)
+    q, k, v = random_inputs(config, int.from_bytes(os.urandom(4), "little"))
     o = torch.empty_like(q)
     lse = torch.empty(config.batch, config.heads_q, config.seqlen_q, device="cuda")
     scale = 1.0 / math.sqrt(config.head_dim)

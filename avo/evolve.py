@@ -100,7 +100,7 @@ class Run:
         path = self.dir / "candidates" / f"{node_id}.py"
         atomic_write(path, source_text)
         node = Candidate(id=node_id, parents=parents, operator=operator, status="pending",
-                         source_hash=jit._sha(source_text), source_path=str(path.resolve()),
+                         source_hash=jit.source_hash(source_text), source_path=str(path.resolve()),
                          arch=self.config.arch, suite=self.config.suite,
                          extra={"run": self.config.name}, **fields)
         return self.lineage.add(node)
@@ -134,15 +134,7 @@ class Run:
         return verdicts
 
     def record(self, node: Candidate, verdict: Verdict, source_text: str) -> Candidate:
-        node.status = verdict.status
-        node.scores, node.geomean = verdict.scores, verdict.geomean
-        node.diagnosis = verdict.diagnosis
-        node.timing = {**node.timing, **verdict.timing}
-        if verdict.baselines:
-            node.baselines = verdict.baselines
-        node.extra.update(ratio=verdict.ratio, noise=verdict.noise, gain=verdict.gain, stage=verdict.stage,
-                          compile_only=verdict.compile_only, incumbent_scores=verdict.incumbent_scores,
-                          compile_reports=verdict.compile_reports)
+        verdict.apply_to(node)
         self.lineage.add(node, source_text=source_text if node.status == "committed" else None)
         self.state["candidates"] += 1
         self.progress.event("candidate", id=node.id, operator=node.operator, status=node.status,

@@ -49,6 +49,7 @@ __all__ = [
     "knob_space",
     "load_knobs",
     "render",
+    "source_hash",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,7 +155,7 @@ def render(template: str, knobs=None) -> Path:
         text = env.get_template(_TEMPLATE_FILE).render(knobs=knobs)
     except jinja2.TemplateError as exc:
         raise CompileError("render", f"{type(exc).__name__}: {exc}", str(tdir), getattr(exc, "lineno", None)) from None
-    path = GENERATED_DIR / f"{template}_{_sha(text)[:12]}.py"
+    path = GENERATED_DIR / f"{template}_{source_hash(text)[:12]}.py"
     if not path.exists():
         atomic_write(path, text)
     return path
@@ -240,9 +241,9 @@ def implementable(source: str | Path, specs) -> tuple[bool, str]:
 def _cache_key(text: str, spec: AttentionSpec, arch: str) -> str:
     # knobs are baked into the rendered text, so the source hash covers them; the DSL version is
     # read from package metadata so a cache hit never has to import the DSL's compiler
-    blob = json.dumps({"source": _sha(text), "spec": spec.as_dict(), "arch": arch,
+    blob = json.dumps({"source": source_hash(text), "spec": spec.as_dict(), "arch": arch,
                        "cutlass_dsl": _dsl_version(), "abi": 2}, sort_keys=True)
-    return f"{spec.key()}_{arch}_{_sha(blob)[:20]}"
+    return f"{spec.key()}_{arch}_{source_hash(blob)[:20]}"
 
 
 def _compile_into(entry: Path, source: Path, text: str, spec: AttentionSpec, arch: str) -> None:
@@ -349,7 +350,7 @@ def _fake_attention_args(spec: AttentionSpec):
 
 
 def _import_kernel_module(source: Path):
-    name = f"avo_generated_{_sha(source.read_text())[:16]}"
+    name = f"avo_generated_{source_hash(source.read_text())[:16]}"
     if name in sys.modules:
         return sys.modules[name]
     try:
@@ -414,5 +415,5 @@ def _dsl_version() -> str:
         return cutlass.__version__
 
 
-def _sha(text: str) -> str:
+def source_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()

@@ -23,13 +23,14 @@ import torch
 from avo.reference import reference_attention
 from avo.suites import ShapeConfig
 
-__all__ = ["check", "LSE_ATOL"]
+__all__ = ["LSE_ATOL", "check", "random_inputs"]
 
 LSE_ATOL = 2e-3
 _SLEEP_CYCLES = 2_000_000  # ~1 ms: long enough that a kernel on another stream runs first
 
 
-def _inputs(config: ShapeConfig, seed: int, device="cuda"):
+def random_inputs(config: ShapeConfig, seed: int, device="cuda"):
+    """q, k, v of `config`, standard normal, from a seeded generator (regenerable out of reach)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     dtype = config.spec.torch_dtype
     q = torch.randn(config.batch, config.seqlen_q, config.heads_q, config.head_dim, generator=gen, device=device,
@@ -65,8 +66,8 @@ def _check_one(fn, config: ShapeConfig, seed: int, softmax_scale, stream) -> dic
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.head_dim)
     record = {"name": config.name, "seed": seed, "ok": False, "err": float("nan"), "bound": 0.0, "diagnosis": ""}
     with torch.cuda.stream(stream):
-        q, k, v = _inputs(config, seed)
-        stale = _inputs(config, seed + 7919)  # what the buffers hold until the current stream writes
+        q, k, v = random_inputs(config, seed)
+        stale = random_inputs(config, seed + 7919)  # what the buffers hold until the current stream writes
         bq, bk, bv = (t.clone() for t in stale)
         out = torch.full_like(q, float("nan"))
         lse = torch.full((config.batch, config.heads_q, config.seqlen_q), float("nan"), device="cuda")
@@ -79,7 +80,7 @@ def _check_one(fn, config: ShapeConfig, seed: int, softmax_scale, stream) -> dic
         fn(bq, bk, bv, out, lse, scale)
     torch.cuda.synchronize()  # a CUDA error of the candidate surfaces here
 
-    q, k, v = _inputs(config, seed)  # regenerated: the candidate never saw these tensors
+    q, k, v = random_inputs(config, seed)  # regenerated: the candidate never saw these tensors
     if not (torch.equal(bq, q) and torch.equal(bk, k) and torch.equal(bv, v)):
         record["diagnosis"] = "the kernel modified its inputs q, k or v"
         return record
