@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -290,6 +291,7 @@ def _compile_artifacts(out: Path, source: Path, spec: AttentionSpec, arch: str) 
     except Exception as exc:
         raise _error_from_exception("compile", exc, source) from None
     seconds = time.perf_counter() - started
+    linked = _link_shared_library(out)
     for suffix in ("ptx", "cubin"):
         found = sorted(dump.glob(f"*.{suffix}"))
         if found:
@@ -303,6 +305,7 @@ def _compile_artifacts(out: Path, source: Path, spec: AttentionSpec, arch: str) 
     if launches and all(isinstance(x["smem"], int) for x in launches):
         report["dynamic_smem_bytes"] = max(x["smem"] for x in launches)
     report["compile_seconds"] = round(seconds, 3)
+    report["shared_library"] = linked
     return report
 
 
@@ -394,7 +397,48 @@ def _local_bytes(ptx: str) -> int:
     return sum(int(n) for n in re.findall(r"\.local\s+\.align\s+\d+\s+\.b8\s+\w+\[(\d+)\]", ptx))
 
 
+def _link_shared_library(out: Path) -> str:
+    """Link kernel.o into kernel.so against the DSL's runtime and libtvm_ffi (rpath to both), so a
+    later process loads the kernel with tvm_ffi alone: importing the CuTe DSL costs ~0.5 s, most
+    of a cached kernel's first call. Best effort: with no C compiler the object file is loaded
+    through the DSL as before. Returns "yes" or why not."""
+    import cutlass.runtime
+    import tvm_ffi
+
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        return "no C compiler (cc/gcc) found"
+    libs = [*cutlass.runtime.find_runtime_libraries(enable_tvm_ffi=False), tvm_ffi.libinfo.find_libtvm_ffi()]
+    flags = []
+    for lib in map(Path, libs):
+        flags += [str(lib), f"-Wl,-rpath,{lib.parent}"]
+    cmd = [compiler, "-shared", "-o", str(out / "kernel.so"), str(out / "kernel.o"), *flags, "-Wl,-z,defs"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"link failed: {exc}"
+    if proc.returncode:
+        (out / "kernel.so").unlink(missing_ok=True)
+        return f"link failed: {(proc.stderr or proc.stdout).strip()[:300]}"
+    return "yes"
+
+
+_shared_modules: dict[str, object] = {}  # path -> tvm_ffi module, kept alive with its functions
+
+
 def _load_callable(entry: Path):
+    """The kernel's tvm_ffi function: from kernel.so through tvm_ffi alone when it was linked,
+    else from kernel.o through the DSL's loader (which imports the DSL)."""
+    shared = entry / "kernel.so"
+    if shared.exists():
+        import tvm_ffi
+
+        try:
+            module = _shared_modules.get(str(shared)) or tvm_ffi.load_module(str(shared))
+            _shared_modules[str(shared)] = module
+            return module["avo_kernel"]
+        except Exception:  # e.g. the runtime it was linked against has moved: the object file still loads
+            pass
     import cutlass.cute as cute
 
     module = cute.runtime.load_module(str(entry / "kernel.o"), enable_tvm_ffi=True)

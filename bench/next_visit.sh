@@ -1,23 +1,28 @@
 #!/bin/bash
-# What is left for the GPU after 2026-11-22 (issues 4, 5, 6), in one visit of ~20 minutes held.
+# What is left for the GPU (issues 4, 5, 6), in one visit of ~25 minutes held.
 # Call 1: `bash .gpu-bundle/a/stash.sh` (carry .gpu-bundle/a). Call 2 and on, carry .gpu-bundle/b:
-#   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh zoo        # ~4 min
-#   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh throughput # ~6 min
-#   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh evolve     # ~9 min, resumable
-#   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh compare    # ~2 min
-#   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh firstcall  # ~1 min
+#   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh tests       # zoo + jit GPU tests, ~5 min
+#   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh ops         # op GPU tests + first call, ~4 min
+#   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh throughput  # ~5 min
+#   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh evolve 12   # knob run + best vs seed, ~9 min
 set -uo pipefail
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
 out=${OUT:-/tmp/avo-out}; mkdir -p "$out"
+nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu --format=csv,noheader | tee -a "$out/gpu.txt"
 case "${1:-}" in
-  zoo) python3 -m pytest -q -m gpu tests/test_zoo.py 2>&1 | tail -15 | tee "$out/zoo.txt" ;;
-  throughput) python3 bench/harness_throughput.py --suite quick --count 12 --out "$out/throughput.json" ;;
-  evolve)  # continues the archive's lineage from its newest commit; 10+ more candidates
+  tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_zoo.py tests/test_jit.py 2>&1 \
+           | grep -v Warning | tail -25 | tee "$out/gpu_tests.txt" ;;
+  ops) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_ops.py 2>&1 | grep -v Warning | tail -15 \
+         | tee "$out/ops_tests.txt"
+       python3 bench/first_call.py --runs 3 --out "$out/first_call.json" 2>&1 | tail -5 ;;
+  throughput) python3 bench/harness_throughput.py --suite quick --count "${2:-12}" --out "$out/throughput.json" ;;
+  evolve)  # continues the archive's lineage from its newest commit, then the best vs the seed, same run
     if [ -f runs/mha_sm90/state.json ]; then args=(--resume runs/mha_sm90 --candidates "${2:-12}")
     else args=(--config configs/evolve_mha_sm90.yaml --operator knobs --candidates "${2:-12}"); fi
-    timeout --signal=INT 540 python3 -m avo.evolve "${args[@]}" 2>&1 | grep -v Warning | tail -30
-    tar czf "$out/archive.tgz" archive runs/mha_sm90 ;;
-  compare) python3 -m avo.bench --kernel best --compare v0000 --suite mha --baselines fa4,cudnn --out "$out/best_vs_seed.json" ;;
-  firstcall) python3 bench/first_call.py 2>&1 | tail -20 | tee "$out/first_call.txt" ;;
-  *) echo "usage: bash bench/next_visit.sh zoo|throughput|evolve|compare|firstcall"; exit 2 ;;
+    timeout --signal=INT "${3:-400}" python3 -m avo.evolve "${args[@]}" 2>&1 | grep -v Warning | tail -30 \
+      | tee "$out/evolve.txt"
+    tar czf "$out/archive.tgz" archive runs/mha_sm90
+    python3 -m avo.bench --kernel best --compare v0000 --suite mha --baselines fa4,cudnn \
+      --out "$out/best_vs_seed.json" 2>&1 | grep -v Warning | tail -20 ;;
+  *) echo "usage: bash bench/next_visit.sh tests|ops|throughput|evolve [N] [seconds]"; exit 2 ;;
 esac

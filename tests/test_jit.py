@@ -57,6 +57,27 @@ def test_compile_only_produces_cubin_and_a_plausible_report(arch, fresh_cache):
     assert report["num_kernels"] == 1 and report["ptx_wgmma"] == 0
 
 
+_LOAD_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from avo import jit
+    fn = jit._load_callable(Path(sys.argv[1]))
+    print(json.dumps({"type": type(fn).__name__, "dsl_imported": "cutlass" in sys.modules}))
+""")
+
+
+def test_cached_kernel_loads_without_importing_the_dsl(fresh_cache):
+    """The cache entry carries kernel.so, linked so that a new process resolves the kernel's
+    function through tvm_ffi without importing the CuTe DSL (most of a cached first call)."""
+    kernel = jit.compile_kernel(jit.render("naive_attention"), SPEC, arch="sm_90a", run=False)
+    if kernel.report["shared_library"] != "yes":
+        pytest.skip(f"no shared library here: {kernel.report['shared_library']}")
+    proc = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, str(kernel.artifact_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"type": "Function", "dsl_imported": False}
+
+
 def test_unsupported_spec_is_rejected_before_compiling(fresh_cache):
     path = jit.render("naive_attention")
     with pytest.raises(jit.CompileError) as err:
@@ -184,3 +205,27 @@ def test_run_mode_matches_the_reference(shape, causal, fresh_cache):
     finite = ref_lse.isfinite()
     assert torch.equal(lse.isfinite(), finite)
     assert (lse[finite] - ref_lse[finite]).abs().max().item() < 1e-3
+
+
+@pytest.mark.gpu
+def test_shared_library_and_object_file_give_the_same_kernel(tmp_path, fresh_cache):
+    """kernel.so (tvm_ffi) and kernel.o (the DSL's loader, the fallback) run the same code."""
+    import shutil
+
+    import torch
+
+    spec = AttentionSpec(dtype="bf16", head_dim=64, causal=True)
+    kernel = jit.compile_kernel(jit.render("naive_attention"), spec)
+    assert kernel.report["shared_library"] == "yes", kernel.report["shared_library"]
+    object_only = tmp_path / "object_only"
+    shutil.copytree(kernel.artifact_dir, object_only)
+    (object_only / "kernel.so").unlink()
+    q, k, v = (torch.randn(1, 300, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    outs = []
+    for fn in (kernel.fn, jit._load_callable(object_only)):
+        out, lse = torch.full_like(q, float("nan")), torch.full((1, 2, 300), float("nan"), device="cuda")
+        fn(q, k, v, out, lse, 0.125)
+        outs.append((out, lse))
+    torch.cuda.synchronize()
+    assert not outs[0][0].isnan().any()
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
