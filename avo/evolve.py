@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import random
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from avo.evaluate import Verdict, evaluate
 from avo.lineage import Candidate, Lineage, LineageError
 from avo.progress import Progress
 from avo.suites import SuiteError, load_suite
+from avo.worker import kill_live_workers
 
 __all__ = ["Run", "main"]
 
@@ -126,7 +128,11 @@ class Run:
                                     rounds=cfg.rounds, baselines=cfg.baselines if incumbent is None else ())
 
         with ThreadPoolExecutor(max_workers=min(len(items), len(gpus))) as pool:
-            verdicts = list(pool.map(run, range(len(items))))
+            try:
+                verdicts = list(pool.map(run, range(len(items))))
+            except BaseException:  # interrupted: the pool waits for its threads, so end their workers
+                kill_live_workers()
+                raise
         order = sorted(range(len(items)), key=lambda i: (verdicts[i].status == "committed", verdicts[i].ratio or 0.0))
         for i in order:
             node, source = items[i]
@@ -273,6 +279,16 @@ class Run:
         return redirect
 
 
+def _interrupt_on(*signals) -> None:
+    """Ctrl-C and SIGTERM (`timeout`, `kill`, a scheduler) both stop the run cleanly: set
+    explicitly because a shell starts background jobs with SIGINT ignored, which Python inherits."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for signum in signals:
+        signal.signal(signum, stop)
+
+
 def main(argv=None, evaluate_fn=evaluate) -> int:
     parser = argparse.ArgumentParser(prog="python -m avo.evolve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="run config YAML (configs/evolve_*.yaml)")
@@ -306,9 +322,11 @@ def main(argv=None, evaluate_fn=evaluate) -> int:
     except (ConfigError, SuiteError, LineageError, jit.CompileError, ValueError) as exc:
         print(f"avo.evolve: {exc}", file=sys.stderr)
         return 2
+    _interrupt_on(signal.SIGINT, signal.SIGTERM)
     try:
         reason = run.loop()
     except KeyboardInterrupt:
+        run.recover_interrupted()  # the candidate being evaluated is recorded, not left pending
         run.save_state()
         run.progress.close()
         print(f"\navo.evolve: interrupted; nothing committed is lost. Resume: python -m avo.evolve --resume "

@@ -65,12 +65,21 @@ def run_isolated(function: str, args: dict | None = None, timeout_s: float = 600
         with open(stderr_path, "w") as stderr:
             proc = subprocess.Popen([sys.executable, "-m", "avo.worker", str(task_path), str(result_path)],
                                     cwd=REPO, env=child_env, stdout=stderr, stderr=stderr, start_new_session=True)
+            with _live_lock:
+                _live.add(proc)
             try:
                 returncode = proc.wait(timeout=timeout_s)
                 timed_out = False
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 returncode, timed_out = proc.wait(), True
+            except BaseException:  # Ctrl-C or SIGTERM of the caller: the candidate must not outlive it
+                _kill_group(proc)
+                proc.wait()
+                raise
+            finally:
+                with _live_lock:
+                    _live.discard(proc)
         seconds = time.monotonic() - started
         tail = stderr_path.read_text(errors="replace")[-4000:]
         if timed_out:
@@ -87,6 +96,19 @@ def run_isolated(function: str, args: dict | None = None, timeout_s: float = 600
         last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "")
         return WorkerResult("crashed", error=f"process died ({how}) {last[:300]}".strip(), seconds=seconds,
                             returncode=returncode, stderr_tail=tail)
+
+
+# Workers running now, so that an interrupted caller can kill them (they have their own sessions,
+# which keeps a timeout's kill inside the candidate but also keeps Ctrl-C from reaching them).
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+def kill_live_workers() -> None:
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        _kill_group(proc)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -122,12 +144,31 @@ class WorkerPool:
         threads = [threading.Thread(target=drain, args=(gpu,), daemon=True) for gpu in self.gpus]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:  # the workers run in other threads: stop them before unwinding
+            kill_live_workers()
+            raise
         return results
 
 
+def _die_with_parent() -> None:
+    """Linux: be killed when the evaluating process dies, even by SIGKILL, so that a hung
+    candidate never keeps the GPU after the run is gone."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _main(task_path: str, result_path: str) -> int:
+    _die_with_parent()
     task = json.loads(Path(task_path).read_text())
     module_name, _, attr = task["function"].partition(":")
     try:

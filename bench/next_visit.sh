@@ -4,7 +4,8 @@
 #   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh tests       # zoo + jit GPU tests, ~5 min
 #   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh ops         # op GPU tests + first call, ~4 min
 #   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh throughput  # ~5 min
-#   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh evolve 12   # knob run + best vs seed, ~9 min
+#   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh evolve 12   # knob run, ~7 min
+#   source .gpu-bundle/b/setup.sh && bash bench/next_visit.sh compare     # best vs seed + first call, ~3 min
 set -uo pipefail
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
 out=${OUT:-/tmp/avo-out}; mkdir -p "$out"
@@ -16,13 +17,17 @@ case "${1:-}" in
          | tee "$out/ops_tests.txt"
        python3 bench/first_call.py --runs 3 --out "$out/first_call.json" 2>&1 | tail -5 ;;
   throughput) python3 bench/harness_throughput.py --suite quick --count "${2:-12}" --out "$out/throughput.json" ;;
-  evolve)  # continues the archive's lineage from its newest commit, then the best vs the seed, same run
-    if [ -f runs/mha_sm90/state.json ]; then args=(--resume runs/mha_sm90 --candidates "${2:-12}")
-    else args=(--config configs/evolve_mha_sm90.yaml --operator knobs --candidates "${2:-12}"); fi
-    timeout --signal=INT "${3:-400}" python3 -m avo.evolve "${args[@]}" 2>&1 | grep -v Warning | tail -30 \
-      | tee "$out/evolve.txt"
+  evolve)  # a new knob run continuing the archive's lineage from its newest commit
+    rm -rf runs/mha_sm90
+    timeout -k 30 "${3:-400}" python3 -m avo.evolve --config configs/evolve_mha_sm90.yaml --operator knobs \
+      --candidates "${2:-12}" --set evaluation.timeout_s=120 > "$out/evolve.log" 2>&1
+    echo "evolve exit $?"; grep -v Warning "$out/evolve.log" | tail -8
     tar czf "$out/archive.tgz" archive runs/mha_sm90
+    rm -rf runs/archive_saved && cp -r archive runs/archive_saved ;;  # runs/ is ignored: it survives the next call's copy
+  compare)  # the best vs the seed in one run, then the first-call time
+    [ -d runs/archive_saved ] && rm -rf archive && cp -r runs/archive_saved archive
     python3 -m avo.bench --kernel best --compare v0000 --suite mha --baselines fa4,cudnn \
-      --out "$out/best_vs_seed.json" 2>&1 | grep -v Warning | tail -20 ;;
-  *) echo "usage: bash bench/next_visit.sh tests|ops|throughput|evolve [N] [seconds]"; exit 2 ;;
+      --out "$out/best_vs_seed.json" 2>&1 | grep -v Warning | tail -14
+    PYTHONPYCACHEPREFIX=/tmp/pyc python3 bench/first_call.py --runs 3 --out "$out/first_call.json" 2>&1 | tail -3 ;;
+  *) echo "usage: bash bench/next_visit.sh tests|ops|throughput|evolve [N] [seconds]|compare"; exit 2 ;;
 esac

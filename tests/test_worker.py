@@ -1,6 +1,14 @@
 """Isolation: a hang is killed at its limit, a crash is recorded, and the next task still runs."""
 
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
 
 from avo.worker import WorkerPool, run_isolated
 
@@ -39,3 +47,48 @@ def test_pool_pins_one_worker_per_gpu_and_keeps_order():
                        on_result=lambda i, r: seen.append(i))
     assert [r.value["sum"] for r in results] == [0, 1, 2, 3]
     assert {r.value["gpu"] for r in results} <= {"0", "1"} and sorted(seen) == [0, 1, 2, 3]
+
+
+REPO = Path(__file__).resolve().parent.parent
+_PARENT = textwrap.dedent("""
+    import signal, sys
+    from avo.evolve import _interrupt_on
+    from avo.worker import run_isolated
+    _interrupt_on(signal.SIGTERM)
+    try:
+        run_isolated("tests.worker_tasks:hang", {"pid_file": sys.argv[1]}, timeout_s=600)
+    except KeyboardInterrupt:
+        sys.exit(130)
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited; only its parent has not reaped it yet
+        return f.read().split(") ")[1][0] != "Z"
+
+
+def _wait_for(predicate, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_worker_never_outlives_the_process_that_runs_it(how, tmp_path):
+    """SIGTERM reaches the evaluator as an interrupt that kills the worker's group; SIGKILL leaves
+    no handler to run, so the worker dies with its parent (PR_SET_PDEATHSIG)."""
+    pid_file = tmp_path / "worker.pid"
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(pid_file)], cwd=REPO)
+    assert _wait_for(lambda: pid_file.exists() and pid_file.read_text()), "the worker never started"
+    worker = int(pid_file.read_text())
+    assert _alive(worker)
+    parent.send_signal(how)
+    assert parent.wait(timeout=30) == (130 if how == signal.SIGTERM else -signal.SIGKILL)
+    assert _wait_for(lambda: not _alive(worker)), f"worker {worker} outlived its parent ({how.name})"

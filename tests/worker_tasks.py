@@ -9,7 +9,10 @@ def add(a, b):
     return {"sum": a + b, "pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
-def hang(seconds=3600):
+def hang(seconds=3600, pid_file=None):
+    if pid_file:
+        with open(pid_file, "w") as f:
+            f.write(str(os.getpid()))
     time.sleep(seconds)
     return {}
 
