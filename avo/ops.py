@@ -16,6 +16,7 @@ it can be captured in a CUDA graph. Nothing may compile during a capture: call `
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -131,12 +132,19 @@ class Attention:
 def _verified_for(node, spec: AttentionSpec | None) -> bool:
     if spec is None or not node.suite:
         return True
+    return spec in _suite_specs(node.suite)
+
+
+@functools.lru_cache(maxsize=64)
+def _suite_specs(suite: str) -> frozenset[AttentionSpec]:
+    """The specs a suite verifies, parsed once per process: every committed node names its suite,
+    and parsing the YAML again for each was most of a cached kernel's first call."""
     from avo.suites import SuiteError, load_suite
 
     try:
-        return spec in load_suite(node.suite).specs
+        return frozenset(load_suite(suite).specs)
     except SuiteError:
-        return False
+        return frozenset()
 
 
 _INSTANCES: dict[str, Attention] = {}

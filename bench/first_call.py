@@ -63,8 +63,8 @@ def child(args) -> dict:
     if args.torch_warm:  # torch's own one-time cost of a process's first custom op, paid by any of them
         t = time.perf_counter()
 
-        @torch.library.custom_op("avo_first_call::twice", mutates_args=())
-        def twice(x: torch.Tensor) -> torch.Tensor:
+        @torch.library.custom_op("avo_first_call::twice", mutates_args=(), schema="(Tensor x) -> Tensor")
+        def twice(x):
             return x * 2
 
         twice.register_fake(lambda x: torch.empty_like(x))
