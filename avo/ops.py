@@ -132,6 +132,11 @@ class Attention:
 def _verified_for(node, spec: AttentionSpec | None) -> bool:
     if spec is None or not node.suite:
         return True
+    # a node evaluated by the harness lists the specs it was compiled and verified for; reading
+    # that also keeps a later edit of the suite file from changing what an old node vouches for
+    reports = (node.extra.get("compile_reports") or {}).get(node.arch)
+    if reports:
+        return spec.key() in reports
     return spec in _suite_specs(node.suite)
 
 

@@ -327,3 +327,17 @@ def test_a_node_is_used_only_for_specs_its_suite_verified(tmp_path):
     gqa = AttentionSpec(head_dim=128, causal=True, qhead_per_kvhead=4)
     assert [label for label, _ in attention.candidates("sm_90a", mha)] == ["v0000", "seed:flash_fwd_sm90"]
     assert [label for label, _ in attention.candidates("sm_90a", gqa)] == ["seed:flash_fwd_sm90"]
+
+
+def test_a_node_vouches_for_the_specs_it_was_compiled_and_verified_for(tmp_path):
+    """The harness records each spec's compile report on the node; those are the specs the node
+    serves, whatever its suite file says later (here: a GQA spec the mha suite does not hold)."""
+    gqa = AttentionSpec(head_dim=128, causal=True, qhead_per_kvhead=4)
+    mha = AttentionSpec(head_dim=128, causal=True)
+    lineage = Lineage.load(tmp_path / "archive")
+    lineage.add(Candidate(id="v0000", status="committed", arch="sm_90a", suite="mha", geomean=1.0,
+                          extra={"compile_reports": {"sm_90a": {gqa.key(): {"registers": 168}}}}),
+                source_text="KERNEL = None\n")
+    attention = ops.load(None, lineage.root)
+    assert [label for label, _ in attention.candidates("sm_90a", gqa)] == ["v0000", "seed:flash_fwd_sm90"]
+    assert [label for label, _ in attention.candidates("sm_90a", mha)] == ["seed:flash_fwd_sm90"]
