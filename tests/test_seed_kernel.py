@@ -92,6 +92,21 @@ def test_compiles_for_sm90a(spec):
     assert callable(fn)
 
 
+@pytest.mark.parametrize("spec", [AttentionSpec("bf16", 128), AttentionSpec("fp16", 64, True)], ids=lambda s: s.key())
+def test_register_split_fits_what_the_compiler_gives_the_cta(spec):
+    """can_implement's launch allocation is the compiler's: the cubin's registers per thread times
+    threads holds every warp group's setmaxnreg target (else setmaxnreg.inc waits forever)."""
+    from avo import jit
+
+    knobs = default_knobs(spec)
+    module = load_module(knobs)
+    report = jit.compile_kernel(module.__file__, spec, arch="sm_90a", run=False).report
+    assert report["registers"] == module.LAUNCH_REGS
+    assert report["threads_per_block"] == module.NUM_THREADS
+    split = 128 * (module.NUM_MMA_WG * knobs.mma_regs + knobs.producer_regs)
+    assert split <= report["registers"] * report["threads_per_block"]
+
+
 def test_compiles_without_overlap_with_smem_p():
     spec = AttentionSpec("bf16", 128, True, 4)
     knobs = default_knobs(spec).replace(intra_wg_overlap=False, mma_pv_is_rs=False, pingpong=False)
@@ -115,6 +130,9 @@ def test_defaults_are_implementable_and_in_space():
     [
         (AttentionSpec("bf16", 128), dict(tile_m=64, pingpong=True), "pingpong"),
         (AttentionSpec("bf16", 128), dict(tile_m=192, mma_regs=240), "register"),
+        # 65,536 registers: the whole file, but 1,024 more than a 384-thread CTA gets at launch;
+        # it hung on the H200 (archive v0023, v0028)
+        (AttentionSpec("bf16", 128), dict(mma_regs=240, producer_regs=32), "64512 it gets at launch"),
         (AttentionSpec("bf16", 256), dict(tile_n=128, num_stages=2, mma_pv_is_rs=False), "shared memory"),
         (AttentionSpec("bf16", 256), dict(tile_n=176), "accumulators"),
         (AttentionSpec("bf16", 128, False, 3), dict(pack_gqa=True), "pack_gqa"),
