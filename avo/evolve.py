@@ -19,7 +19,6 @@ import random
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from avo import jit
@@ -29,7 +28,7 @@ from avo.evaluate import Verdict, evaluate
 from avo.lineage import Candidate, Lineage, LineageError
 from avo.progress import Progress
 from avo.suites import SuiteError, load_suite
-from avo.worker import kill_live_workers
+from avo.worker import map_per_gpu
 
 __all__ = ["Run", "main"]
 
@@ -120,19 +119,14 @@ class Run:
         incumbent = self.incumbent_source()
         archs = tuple(dict.fromkeys((self.config.arch, *self.config.compile_archs)))
 
-        def run(index: int) -> Verdict:
-            node, source = items[index]
+        def run(item: tuple[Candidate, Path | None], gpu) -> Verdict:
+            node, source = item
             return self.evaluate_fn(source or Path(node.source_path), suite=self.config.suite, archs=archs,
                                     incumbent=incumbent, compile_only=True if self.compile_only else None,
-                                    gpu=gpus[index % len(gpus)], timeout_s=cfg.timeout_s, seeds=cfg.seeds,
+                                    gpu=gpu, timeout_s=cfg.timeout_s, seeds=cfg.seeds,
                                     rounds=cfg.rounds, baselines=cfg.baselines if incumbent is None else ())
 
-        with ThreadPoolExecutor(max_workers=min(len(items), len(gpus))) as pool:
-            try:
-                verdicts = list(pool.map(run, range(len(items))))
-            except BaseException:  # interrupted: the pool waits for its threads, so end their workers
-                kill_live_workers()
-                raise
+        verdicts = map_per_gpu(run, items, gpus)
         order = sorted(range(len(items)), key=lambda i: (verdicts[i].status == "committed", verdicts[i].ratio or 0.0))
         for i in order:
             node, source = items[i]

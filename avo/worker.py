@@ -27,7 +27,7 @@ from pathlib import Path
 
 from avo.atomic import atomic_write
 
-__all__ = ["WorkerPool", "WorkerResult", "run_isolated"]
+__all__ = ["WorkerPool", "WorkerResult", "kill_live_workers", "map_per_gpu", "run_isolated"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,6 +118,45 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def map_per_gpu(task, items: list, gpus, on_result=None) -> list:
+    """`task(item, gpu)` for every item, one thread per GPU, each taking the next item when its GPU
+    is free, so two items never share a GPU; results in item order. The first exception a task
+    raises is raised here once every thread has stopped. Interrupted (Ctrl-C, SIGTERM), it kills
+    the workers the threads are waiting on, so that none outlives the caller."""
+    results: list = [None] * len(items)
+    errors: list[BaseException] = []
+    todo: queue.Queue = queue.Queue()
+    for index, item in enumerate(items):
+        todo.put((index, item))
+
+    def drain(gpu):
+        while not errors:
+            try:
+                index, item = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                results[index] = task(item, gpu)
+            except BaseException as exc:  # handed to the caller's thread
+                errors.append(exc)
+                return
+            if on_result:
+                on_result(index, results[index])
+
+    threads = [threading.Thread(target=drain, args=(gpu,), daemon=True) for gpu in list(gpus)[:max(1, len(items))]]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:  # the workers run in other threads: stop them before unwinding
+        kill_live_workers()
+        raise
+    if errors:
+        raise errors[0]
+    return results
+
+
 class WorkerPool:
     """One isolated worker at a time per GPU; tasks are taken in order by whichever GPU is free."""
 
@@ -126,31 +165,8 @@ class WorkerPool:
         self.timeout_s = timeout_s
 
     def map(self, function: str, arg_list: list[dict], on_result=None) -> list[WorkerResult]:
-        results: list[WorkerResult | None] = [None] * len(arg_list)
-        todo: queue.Queue = queue.Queue()
-        for index, args in enumerate(arg_list):
-            todo.put((index, args))
-
-        def drain(gpu):
-            while True:
-                try:
-                    index, args = todo.get_nowait()
-                except queue.Empty:
-                    return
-                results[index] = run_isolated(function, args, self.timeout_s, gpu=gpu)
-                if on_result:
-                    on_result(index, results[index])
-
-        threads = [threading.Thread(target=drain, args=(gpu,), daemon=True) for gpu in self.gpus]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                thread.join()
-        except BaseException:  # the workers run in other threads: stop them before unwinding
-            kill_live_workers()
-            raise
-        return results
+        return map_per_gpu(lambda args, gpu: run_isolated(function, args, self.timeout_s, gpu=gpu),
+                           arg_list, self.gpus, on_result)
 
 
 def _die_with_parent() -> None:

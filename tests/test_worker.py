@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from avo.worker import WorkerPool, run_isolated
+from avo.worker import WorkerPool, map_per_gpu, run_isolated
 
 
 def test_ok_result_crosses_the_process_boundary():
@@ -47,6 +47,29 @@ def test_pool_pins_one_worker_per_gpu_and_keeps_order():
                        on_result=lambda i, r: seen.append(i))
     assert [r.value["sum"] for r in results] == [0, 1, 2, 3]
     assert {r.value["gpu"] for r in results} <= {"0", "1"} and sorted(seen) == [0, 1, 2, 3]
+
+
+def test_map_per_gpu_never_runs_two_items_on_one_gpu_and_raises_a_task_error():
+    busy, overlaps = set(), []
+
+    def task(item, gpu):
+        if gpu in busy:
+            overlaps.append((item, gpu))
+        busy.add(gpu)
+        time.sleep(0.02)
+        busy.discard(gpu)
+        return item * 10
+
+    assert map_per_gpu(task, list(range(7)), [0, 1]) == [0, 10, 20, 30, 40, 50, 60]
+    assert overlaps == []
+
+    def failing(item, gpu):
+        if item == 2:
+            raise RuntimeError("evaluator broke")
+        return item
+
+    with pytest.raises(RuntimeError, match="evaluator broke"):
+        map_per_gpu(failing, [0, 1, 2, 3], [0, 1])
 
 
 REPO = Path(__file__).resolve().parent.parent
