@@ -6,6 +6,7 @@ an unknown key is an error, not a silent no-op.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,12 +144,40 @@ def _build(cls, data: dict, where: str):
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"config key {where}{name}: {value!r} is {_kind(value)}, expected a section "
+                                  f"(a mapping with keys {', '.join(f.name for f in dataclasses.fields(hint))})")
             kwargs[name] = _build(hint, value or {}, f"{where}{name}.")
-        elif typing.get_origin(hint) is tuple:
-            kwargs[name] = tuple(value) if isinstance(value, list | tuple) else (value,)
         else:
-            kwargs[name] = value
+            kwargs[name] = _typed(value, hint, f"{where}{name}")
     return cls(**kwargs)
+
+
+def _typed(value, hint, key: str):
+    """`value` as the field type `hint` wants (an int is a fine float, one item a fine tuple), or a
+    one-line ConfigError naming the key, the value and the type: checked before anything is written."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        items = value if isinstance(value, list | tuple) else [value]
+        return tuple(_typed(item, args[0], f"{key}[{i}]") for i, item in enumerate(items))
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool, dict) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                dict: "a mapping"}.get(hint, getattr(hint, "__name__", str(hint)))
+    if type(None) in args:
+        expected += " or null"
+    raise ConfigError(f"config key {key}: {value!r} is {_kind(value)}, expected {expected}")
+
+
+def _kind(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _validate(config: RunConfig) -> None:
