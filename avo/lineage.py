@@ -12,12 +12,14 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from avo.atomic import atomic_write
 
-__all__ = ["STATUSES", "Candidate", "Lineage", "LineageError"]
+if TYPE_CHECKING:
+    import networkx as nx
+
+__all__ = ["STATUSES", "Candidate", "Lineage", "LineageError", "read_nodes"]
 
 FORMAT_VERSION = 1
 STATUSES = ("committed", "rejected", "failed_compile", "failed_correctness", "timeout", "crashed", "screened",
@@ -61,6 +63,10 @@ class Lineage:
     """The graph plus the directory it lives in."""
 
     def __init__(self, root: str | Path, graph: nx.DiGraph | None = None):
+        # networkx is imported where a graph is built: avo.ops reads the archive on a model's
+        # first call through read_nodes, and networkx alone costs ~0.1 s to import
+        import networkx as nx
+
         self.root = Path(root)
         self.graph = graph if graph is not None else nx.DiGraph()
 
@@ -68,17 +74,12 @@ class Lineage:
     @classmethod
     def load(cls, root: str | Path) -> Lineage:
         """Load from `root`, or start empty where there is no lineage yet."""
+        import networkx as nx
+
         root = Path(root)
-        path = root / "lineage.json"
-        if not path.exists():
+        data = _read(root)
+        if data is None:
             return cls(root)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise LineageError(f"{path} is not valid JSON ({exc}); restore it from git or remove it") from None
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise LineageError(f"{path} has format_version {version}; this avo reads {FORMAT_VERSION}")
         graph = nx.node_link_graph(data["graph"], directed=True, edges="edges")
         return cls(root, graph)
 
@@ -165,11 +166,35 @@ class Lineage:
         return node
 
     def save(self) -> Path:
+        import networkx as nx
+
         data = {"format_version": FORMAT_VERSION,
                 "graph": nx.node_link_data(self.graph, edges="edges")}
         path = self.root / "lineage.json"
         atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
         return path
+
+
+def _read(root: Path) -> dict | None:
+    path = root / "lineage.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LineageError(f"{path} is not valid JSON ({exc}); restore it from git or remove it") from None
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise LineageError(f"{path} has format_version {version}; this avo reads {FORMAT_VERSION}")
+    return data
+
+
+def read_nodes(root: str | Path) -> list[Candidate]:
+    """The nodes of the lineage at `root` in creation order, read without building the graph
+    (no networkx): what avo.ops needs to choose a kernel. Empty where there is no lineage."""
+    data = _read(Path(root))
+    nodes = [Candidate(**attrs) for attrs in data["graph"]["nodes"]] if data else []
+    return sorted(nodes, key=lambda c: c.created)
 
 
 def _attrs(candidate: Candidate) -> dict:

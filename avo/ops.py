@@ -2,16 +2,22 @@
 
     out = avo.attention(q, k, v, causal=True)            # (batch, seqlen, heads, head_dim) bf16/fp16
     out, lse = avo.load("v0042")(q, k, v, return_lse=True)  # one lineage version
+    out = avo.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal=True)  # packed sequences
 
 The kernel for a call is chosen per GPU arch and specialization (`AttentionSpec`: dtype, head_dim,
 causal, GQA ratio): the committed archive nodes of that arch, newest (the incumbent) first, the
 first whose source compiles for the spec; where none does, the arch's seed template with its default knobs.
 It is compiled (or loaded from the disk cache, avo.jit) on first use and kept for the process.
 
-The launch is the custom op `avo::attention_fwd` (torch.library), with a fake implementation, so
-`torch.compile(fullgraph=True)` traces through it, and it launches on torch's current stream, so
-it can be captured in a CUDA graph. Nothing may compile during a capture: call `prepare(...)`
-(or run the op once) before capturing.
+The launch is the op `avo::attention_fwd`, defined with `torch.library.Library` (define, impl,
+register_fake: torch's low-level registration, which costs microseconds where `custom_op` paid
+seconds of lazy imports on a process's first call), so `torch.compile(fullgraph=True)` traces
+through it; it launches on torch's current stream, so it can be captured in a CUDA graph. Nothing
+may compile during a capture: call `prepare(...)` (or run the op once) before capturing.
+
+Under autograd the backward is `avo::attention_bwd`: PyTorch's FlashAttention-2 backward
+(aten._scaled_dot_product_flash_attention_backward) fed with this forward's output and LSE, until
+avo evolves a backward of its own. Its causal mask is aligned bottom-right, as the forward's.
 """
 
 from __future__ import annotations
@@ -24,10 +30,10 @@ from pathlib import Path
 import torch
 
 from avo import jit
-from avo.lineage import Lineage, LineageError
+from avo.lineage import LineageError, read_nodes
 from avo.spec import AttentionSpec
 
-__all__ = ["HEAD_DIMS", "SEEDS", "Attention", "attention", "default_archive", "load", "prepare"]
+__all__ = ["HEAD_DIMS", "SEEDS", "Attention", "attention", "attention_varlen", "default_archive", "load", "prepare"]
 
 # The seed family of each arch: the fallback when the archive has no committed node for it.
 SEEDS = {"sm_90a": "flash_fwd_sm90"}
@@ -53,7 +59,7 @@ class Attention:
         self.chosen: dict[tuple[AttentionSpec, str], str] = {}  # (spec, arch) -> node id or seed
         self._kernels: dict[tuple[AttentionSpec, str], jit.CompiledKernel] = {}
         if node_id is not None:  # fail at load time, not at the first call
-            node = Lineage.load(self.archive).get(node_id)
+            node = self._node(node_id)
             if node.status != "committed":
                 raise LineageError(f"node {node_id} is {node.status}; only committed nodes keep their source")
         _INSTANCES[self.handle] = self
@@ -65,20 +71,31 @@ class Attention:
                  return_lse: bool = False):
         return _call(self.handle, q, k, v, causal, softmax_scale, return_lse)
 
+    def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
+               causal: bool = False, softmax_scale: float | None = None, return_lse: bool = False):
+        """`attention_varlen` through this object's kernels."""
+        return _varlen(self.handle, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, return_lse)
+
+    def _node(self, node_id: str):
+        for node in read_nodes(self.archive):
+            if node.id == node_id:
+                return node
+        raise LineageError(f"no node {node_id!r} in the lineage at {self.archive}")
+
     # -- choosing and loading kernels --------------------------------------------------------
     def candidates(self, arch: str, spec: AttentionSpec | None = None) -> list[tuple[str, Path]]:
         """(label, source) in the order they are tried for `arch`: committed nodes of that arch by
         newest first (or the one node), then the arch's seed. With `spec`, a node whose suite never
         verified that specialization is passed over: it was measured correct on its suite's shapes
         only, and the seed is checked on every spec by its own tests."""
-        lineage = Lineage.load(self.archive)
         if self.node_id is not None:
-            node = lineage.get(self.node_id)
+            node = self._node(self.node_id)
             if node.arch and node.arch != arch:
                 raise ValueError(f"{_WHO}: node {node.id} was evolved for {node.arch}, not {arch}")
             return [(node.id, self.archive / node.source_path)]
         # newest first: each commit was at least as fast as the incumbent of its time (Lineage.best)
-        nodes = sorted((c for c in lineage.nodes("committed") if c.arch == arch and _verified_for(c, spec)),
+        nodes = sorted((c for c in read_nodes(self.archive)
+                        if c.status == "committed" and c.arch == arch and _verified_for(c, spec)),
                        key=lambda c: -c.created)
         out = [(c.id, self.archive / c.source_path) for c in nodes]
         if arch in SEEDS:
@@ -187,21 +204,69 @@ def prepare(spec_or_q, k=None, v=None, *, causal: bool = False, arch: str | None
     return _instance("").prepare(spec_or_q, k, v, causal=causal, arch=arch)
 
 
+def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q, cu_seqlens_k,
+                     max_seqlen_q: int | None = None, max_seqlen_k: int | None = None, causal: bool = False,
+                     softmax_scale: float | None = None, return_lse: bool = False):
+    """Attention over packed sequences, FlashAttention's varlen shape: q (total_q, heads_q, head_dim),
+    k and v (total_k, heads_kv, head_dim), sequence i at rows cu_seqlens[i]:cu_seqlens[i+1] of each
+    (int tensors or lists of batch+1 offsets). Returns out (total_q, heads_q, head_dim), or (out, lse)
+    with lse float32 (heads_q, total_q). max_seqlen_* are accepted for FA's signature and not needed.
+
+    A correct path, not a fast one: one fixed-length launch per sequence plus a concatenation, and
+    the offsets are read on the host (a device sync when they live on the GPU, and a graph break
+    under torch.compile). Differentiable like `attention`."""
+    return _varlen("", q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, return_lse)
+
+
 # ---------------------------------------------------------------------------------------------
 # the op
 
 
 def _call(handle, q, k, v, causal, softmax_scale, return_lse):
-    _check(q, k, v)
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
+        _check(q, k, v)  # the one-line error, not the dispatcher's schema message
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     elif isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
         raise TypeError(f"{_WHO}: softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
+    # the op itself (and its fake, under torch.compile) checks q, k, v: once per call, not twice
     out, lse = torch.ops.avo.attention_fwd(q, k, v, bool(causal), float(softmax_scale), handle)
     return (out, lse) if return_lse else out
 
 
-def _check(q, k, v) -> tuple[str, int, int]:
+def _varlen(handle, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, return_lse):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise ValueError(f"{_WHO}_varlen: {name} must be a 3-D tensor (total_tokens, heads, head_dim), got "
+                             + (f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__))
+    starts_q, starts_k = _offsets(cu_seqlens_q, "cu_seqlens_q", q), _offsets(cu_seqlens_k, "cu_seqlens_k", k)
+    if len(starts_q) != len(starts_k):
+        raise ValueError(f"{_WHO}_varlen: cu_seqlens_q has {len(starts_q)} offsets and cu_seqlens_k "
+                         f"{len(starts_k)}; both need batch + 1")
+    outs, lses = [], []
+    for i in range(len(starts_q) - 1):
+        qi = q[starts_q[i]:starts_q[i + 1]].unsqueeze(0)
+        ki, vi = k[starts_k[i]:starts_k[i + 1]].unsqueeze(0), v[starts_k[i]:starts_k[i + 1]].unsqueeze(0)
+        out, lse = _call(handle, qi, ki, vi, causal, softmax_scale, True)
+        outs.append(out[0])
+        lses.append(lse[0])
+    if not outs:  # no sequences: empty results shaped as the inputs say
+        out, lse = q.new_empty(q.shape), q.new_empty((q.shape[1], 0), dtype=torch.float32)
+    else:
+        out, lse = torch.cat(outs), torch.cat(lses, dim=1)
+    return (out, lse) if return_lse else out
+
+
+def _offsets(cu_seqlens, name: str, t: torch.Tensor) -> list[int]:
+    offsets = cu_seqlens.tolist() if isinstance(cu_seqlens, torch.Tensor) else list(cu_seqlens)
+    if (not offsets or offsets[0] != 0 or offsets[-1] != t.shape[0]
+            or any(b < a for a, b in zip(offsets, offsets[1:], strict=False))):
+        raise ValueError(f"{_WHO}_varlen: {name} must rise from 0 to the {t.shape[0]} packed tokens, got "
+                         f"{offsets[:8]}{' ...' if len(offsets) > 8 else ''}")
+    return offsets
+
+
+def _check(q, k, v, devices=("cuda",)) -> tuple[str, int, int]:
     """Validate q, k, v against the kernel contract (avo/spec.py); (dtype, head_dim, GQA ratio).
     Only metadata is read, so this also runs under torch.compile and on fake tensors."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -236,29 +301,28 @@ def _check(q, k, v) -> tuple[str, int, int]:
                              f"(16 bytes, for TMA); pass {name}.contiguous()")
     if not q.device == k.device == v.device:
         raise ValueError(f"{_WHO}: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if q.device.type != "cuda":
+    if q.device.type not in devices:
         raise ValueError(f"{_WHO}: q, k, v are on {q.device}; the kernels run on CUDA tensors")
     return _DTYPES[q.dtype], head_dim, heads_q // heads_kv
 
 
+@functools.cache
 def _spec(dtype: str, head_dim: int, group: int, causal: bool) -> AttentionSpec:
+    # cached: a spec is hashed into the kernel table on every call, and building one validates it
     return AttentionSpec(dtype=dtype, head_dim=head_dim, causal=bool(causal), qhead_per_kvhead=group)
 
 
 _ARCHS: dict[int, str] = {}  # CUDA device index -> arch
 
 
-def _device_arch(device: torch.device) -> str:
-    index = device.index if device.index is not None else torch.cuda.current_device()
+def _device_arch(index: int) -> str:
     if index not in _ARCHS:
         major, minor = torch.cuda.get_device_capability(index)
         _ARCHS[index] = f"sm_{major}{minor}a"
     return _ARCHS[index]
 
 
-@torch.library.custom_op("avo::attention_fwd", mutates_args=())
-def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float,
-                  kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_fwd(q, k, v, causal: bool, softmax_scale: float, kernel: str):
     """(out, lse) of attention through the kernel `kernel` names ("" the default archive's best,
     "<node>@<archive>" one version, "@<archive>" that archive's best)."""
     spec = _spec(*_check(q, k, v), causal)
@@ -273,20 +337,75 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
         if t.data_ptr() % 16:
             raise ValueError(f"{_WHO}: {name}'s data is not 16-byte aligned (a view at an odd offset); "
                              f"pass {name}.clone()")
-    with torch.cuda.device(q.device):
-        arch = _device_arch(q.device)
-        owner = _instance(kernel)
-        compiled = owner._kernels.get((spec, arch))
-        if compiled is None:
-            if torch.cuda.is_current_stream_capturing():
-                raise RuntimeError(f"{_WHO}: no kernel loaded for {spec.key()} and a CUDA graph is being "
-                                   "captured; call avo.ops.prepare(q, k, v, causal=...) before capturing")
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    arch = _device_arch(index)
+    owner = _INSTANCES.get(kernel) or _instance(kernel)
+    compiled = owner._kernels.get((spec, arch))
+    if compiled is None:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"{_WHO}: no kernel loaded for {spec.key()} and a CUDA graph is being "
+                               "captured; call avo.ops.prepare(q, k, v, causal=...) before capturing")
+        with torch.cuda.device(index):
             compiled = owner.kernel(spec, arch)
+    if index == torch.cuda.current_device():  # the common case: no device switch on the hot path
         compiled.fn(q, k, v, out, lse, softmax_scale)
+    else:
+        with torch.cuda.device(index):
+            compiled.fn(q, k, v, out, lse, softmax_scale)
     return out, lse
 
 
-@attention_fwd.register_fake
 def _attention_fwd_fake(q, k, v, causal, softmax_scale, kernel):
+    _check(q, k, v, devices=("cuda", "meta"))  # the same one-line errors while torch.compile traces
     batch, seqlen_q, heads_q, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((batch, heads_q, seqlen_q), dtype=torch.float32)
+
+
+def _attention_bwd(dout, q, k, v, out, lse, causal: bool, softmax_scale: float):
+    """(dq, dk, dv) by PyTorch's FlashAttention-2 backward from this op's out and natural-log LSE.
+    That kernel takes (batch, heads, seqlen, head_dim) views, GQA as is (it sums dk, dv over each
+    group), and aligns a causal mask bottom-right when seqlen_q != seqlen_k, as the forward does."""
+    if q.numel() == 0 or k.shape[1] == 0:  # nothing attended: no gradient flows
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    if causal and q.shape[1] > k.shape[1]:
+        # rows that see no key carry lse -inf here; the kernel expects +inf there (then P = 0)
+        lse = lse.masked_fill(lse == -math.inf, math.inf)
+    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    rng = q.new_empty((0,), dtype=torch.int64)  # no dropout: the kernel never reads its RNG state
+    dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
+        dout.transpose(1, 2), q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), out.transpose(1, 2),
+        lse.contiguous(), None, None, q.shape[1], k.shape[1], 0.0, causal, rng, rng, scale=softmax_scale)
+    return (dq.transpose(1, 2).contiguous(), dk.transpose(1, 2).contiguous(), dv.transpose(1, 2).contiguous())
+
+
+def _attention_bwd_fake(dout, q, k, v, out, lse, causal, softmax_scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, softmax_scale, _ = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.causal, ctx.softmax_scale = causal, softmax_scale
+    # the backward kernel takes dout only: a loss through lse gets no gradient, so say so at once
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = torch.ops.avo.attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.softmax_scale)
+    return dq, dk, dv, None, None, None
+
+
+_LIB = torch.library.Library("avo", "DEF")
+_LIB.define("attention_fwd(Tensor q, Tensor k, Tensor v, bool causal, float softmax_scale, str kernel) "
+            "-> (Tensor, Tensor)")
+_LIB.define("attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, "
+            "float softmax_scale) -> (Tensor, Tensor, Tensor)")
+# CompositeExplicitAutograd: every device reaches the impl, so a CPU tensor gets _check's one-line
+# error rather than the dispatcher's; Meta and FakeTensor go to the fakes
+_LIB.impl("attention_fwd", _attention_fwd, "CompositeExplicitAutograd")
+_LIB.impl("attention_bwd", _attention_bwd, "CompositeExplicitAutograd")
+torch.library.register_fake("avo::attention_fwd", _attention_fwd_fake, lib=_LIB)
+torch.library.register_fake("avo::attention_bwd", _attention_bwd_fake, lib=_LIB)
+torch.library.register_autograd("avo::attention_fwd", _backward, setup_context=_setup_context, lib=_LIB)
