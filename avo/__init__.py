@@ -1,9 +1,10 @@
 """avo: evolve CuTe DSL attention kernels; use the best one as `avo.attention`.
 
-`import avo` stays cheap: `attention` and `load` (avo.ops, which imports torch) load on first use.
+`import avo` stays cheap: `attention`, `attention_varlen` and `load` (avo.ops, which imports torch)
+load on first use.
 """
 
-__all__ = ["attention", "load"]
+__all__ = ["attention", "attention_varlen", "load"]
 
 
 def __getattr__(name):

@@ -341,3 +341,224 @@ def test_a_node_vouches_for_the_specs_it_was_compiled_and_verified_for(tmp_path)
     attention = ops.load(None, lineage.root)
     assert [label for label, _ in attention.candidates("sm_90a", gqa)] == ["v0000", "seed:flash_fwd_sm90"]
     assert [label for label, _ in attention.candidates("sm_90a", mha)] == ["seed:flash_fwd_sm90"]
+
+
+# ---------------------------------------------------------------------------------------------
+# registration, autograd and varlen without a GPU (meta tensors run the fakes)
+
+
+def test_the_op_is_registered_with_torch_library_without_dynamo():
+    """Library define/impl + register_fake: importing avo.ops and tracing a call must not pull
+    torch._dynamo (custom_op's first call did, seconds of a cold start); networkx is not needed."""
+    code = ("import sys, torch, avo.ops; "
+            "q = torch.empty(1, 8, 2, 64, dtype=torch.bfloat16, device='meta'); "
+            "out, lse = torch.ops.avo.attention_fwd(q, q, q, True, 0.125, ''); "
+            "assert tuple(lse.shape) == (1, 2, 8), lse.shape; "
+            "print(sorted(m for m in ('torch._dynamo', 'networkx', 'cutlass') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+    schema = str(torch.ops.avo.attention_fwd.default._schema)
+    assert schema == ("avo::attention_fwd(Tensor q, Tensor k, Tensor v, bool causal, float softmax_scale, "
+                      "str kernel) -> (Tensor, Tensor)")
+    for op in ("avo::attention_fwd", "avo::attention_bwd"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CompositeExplicitAutograd")
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "Meta")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("avo::attention_fwd", "Autograd")
+
+
+def _meta(*shape, grad=False):
+    return torch.empty(*shape, dtype=torch.bfloat16, device="meta", requires_grad=grad)
+
+
+def test_autograd_gives_gradients_shaped_as_the_inputs_and_lse_is_not_differentiable():
+    q, k, v = _meta(2, 64, 8, 128, grad=True), _meta(2, 80, 2, 128, grad=True), _meta(2, 80, 2, 128, grad=True)
+    out, lse = torch.ops.avo.attention_fwd(q.transpose(1, 2).transpose(1, 2), k, v, True, 0.1, "")
+    assert out.requires_grad and not lse.requires_grad
+    assert type(out.grad_fn).__name__.startswith("GeneratedBackwardFor_avo_attention_fwd")
+    out.float().sum().backward()
+    for t in (q, k, v):
+        assert (t.grad.shape, t.grad.dtype, t.grad.is_contiguous()) == (t.shape, t.dtype, True)
+
+
+def test_torch_compile_fullgraph_traces_forward_and_backward_through_the_ops():
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = {}
+
+    def keep(name):
+        def compiler(gm, example_inputs):
+            graphs[name] = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+            return gm
+        return compiler
+
+    def step(q, k, v):
+        return (avo.attention(q, k, v, causal=True).float() ** 2).sum()
+
+    q, k, v = _meta(1, 32, 4, 64, grad=True), _meta(1, 48, 2, 64, grad=True), _meta(1, 48, 2, 64, grad=True)
+    compiled = torch.compile(step, fullgraph=True, backend=aot_autograd(fw_compiler=keep("fw"), bw_compiler=keep("bw")))
+    compiled(q, k, v).backward()
+    assert "avo.attention_fwd.default" in graphs["fw"] and "avo.attention_bwd.default" in graphs["bw"]
+    assert q.grad.shape == q.shape and k.grad.shape == k.shape
+
+
+def _reference_call(handle, q, k, v, causal, softmax_scale, return_lse):
+    """Stands in for the kernel on the CPU: the fp32 reference, in the op's (out, lse) layout."""
+    if q.shape[1] == 0:  # the reference takes at least one query row; the op returns empty results
+        out, lse = q.new_empty(q.shape), q.new_empty((q.shape[0], q.shape[2], 0))
+    else:
+        out, lse = reference_attention(q, k, v, causal=causal, softmax_scale=softmax_scale, dtype=q.dtype)
+    return (out.to(q.dtype), lse) if return_lse else out.to(q.dtype)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_varlen_is_attention_within_each_packed_sequence(monkeypatch, causal):
+    monkeypatch.setattr(ops, "_call", _reference_call)
+    lens_q, lens_k = [5, 0, 17, 1], [9, 4, 17, 0]
+    cu_q = torch.tensor([0, *torch.tensor(lens_q).cumsum(0).tolist()], dtype=torch.int32)
+    cu_k = [0, *torch.tensor(lens_k).cumsum(0).tolist()]
+    q = torch.randn(sum(lens_q), 6, 64, dtype=torch.float64)
+    k, v = torch.randn(sum(lens_k), 2, 64, dtype=torch.float64), torch.randn(sum(lens_k), 2, 64, dtype=torch.float64)
+    out, lse = avo.attention_varlen(q, k, v, cu_q, cu_k, causal=causal, softmax_scale=0.3, return_lse=True)
+    assert out.shape == q.shape and lse.shape == (6, sum(lens_q))
+    # the same attention as one masked matrix: a query sees keys of its own sequence only
+    seq_q = torch.repeat_interleave(torch.arange(4), torch.tensor(lens_q))
+    seq_k = torch.repeat_interleave(torch.arange(4), torch.tensor(lens_k))
+    pos_q = torch.arange(len(seq_q)) - cu_q[:-1].long()[seq_q]
+    pos_k = torch.arange(len(seq_k)) - torch.tensor(cu_k[:-1])[seq_k]
+    visible = seq_q[:, None] == seq_k[None, :]
+    if causal:  # bottom-right within each sequence
+        shift = (torch.tensor(lens_k) - torch.tensor(lens_q))[seq_q]
+        visible &= pos_k[None, :] <= pos_q[:, None] + shift[:, None]
+    scores = torch.einsum("qhd,khd->hqk", q, k.repeat_interleave(3, dim=1)) * 0.3
+    scores = scores.masked_fill(~visible, -math.inf)
+    ref_lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.nan_to_num(torch.exp(scores - ref_lse[..., None]), nan=0.0)
+    ref = torch.einsum("hqk,khd->qhd", probs, v.repeat_interleave(3, dim=1))
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(lse, ref_lse)
+
+
+def test_varlen_errors_are_one_line():
+    q = torch.zeros(10, 2, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError) as exc:
+        avo.attention_varlen(q, q, q, [0, 4, 9], [0, 4, 10])
+    assert str(exc.value) == ("avo.attention_varlen: cu_seqlens_q must rise from 0 to the 10 packed tokens, "
+                              "got [0, 4, 9]")
+    with pytest.raises(ValueError) as exc:
+        avo.attention_varlen(q, q, q, [0, 10], [0, 4, 10])
+    assert str(exc.value) == ("avo.attention_varlen: cu_seqlens_q has 2 offsets and cu_seqlens_k 3; "
+                              "both need batch + 1")
+    with pytest.raises(ValueError) as exc:
+        avo.attention_varlen(q[None], q, q, [0, 10], [0, 10])
+    assert str(exc.value) == ("avo.attention_varlen: q must be a 3-D tensor (total_tokens, heads, head_dim), "
+                              "got shape (1, 10, 2, 64)")
+
+
+# ---------------------------------------------------------------------------------------------
+# backward and varlen on a GPU
+
+
+def _grads(fn, q, k, v, dout):
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out = fn(q, k, v)
+    out.backward(dout.to(out.dtype))
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+def _reference_grads(q, k, v, dout, causal, scale):
+    return _grads(lambda a, b, c: reference_attention(a, b, c, causal=causal, softmax_scale=scale)[0],
+                  q.float(), k.float(), v.float(), dout.float())
+
+
+def _sdpa_grads(q, k, v, dout, causal, scale):
+    """PyTorch's own bf16 path on the same inputs: what the dtype costs, the error bound's yardstick."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    def sdpa(a, b, c):
+        mask = causal_lower_right(a.shape[1], b.shape[1]) if causal else None
+        return torch.nn.functional.scaled_dot_product_attention(
+            a.transpose(1, 2), b.transpose(1, 2), c.transpose(1, 2), attn_mask=mask, scale=scale,
+            enable_gqa=a.shape[2] != b.shape[2]).transpose(1, 2)
+
+    return _grads(sdpa, q, k, v, dout)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", [(2, 300, 517, 8, 8, 128), (1, 1000, 1000, 8, 2, 128), (2, 257, 129, 5, 1, 64),
+                                   (1, 384, 384, 4, 4, 256)], ids=["mha", "gqa4", "gqa5_d64", "d256"])
+def test_backward_matches_the_fp32_reference(shape, causal):
+    q, k, v = _inputs(*shape)
+    dout = torch.randn_like(q)
+    scale = 0.8 / math.sqrt(shape[-1])
+    _poison_allocator(8 * q.numel() * 4)
+    ours = _grads(lambda a, b, c: avo.attention(a, b, c, causal=causal, softmax_scale=scale), q, k, v, dout)
+    ref = _reference_grads(q, k, v, dout, causal, scale)
+    torch_bf16 = _sdpa_grads(q, k, v, dout, causal, scale)
+    for name, mine, truth, theirs in zip(("out", "dq", "dk", "dv"), ours, ref, torch_bf16, strict=True):
+        assert mine.shape == truth.shape and not mine.isnan().any(), name
+        err = (mine.float() - truth).abs().max().item()
+        yardstick = (theirs.float() - truth).abs().max().item()
+        assert err <= 2 * yardstick + 1e-3, (name, err, yardstick)
+
+
+@pytest.mark.gpu
+def test_backward_with_more_queries_than_keys_causal():
+    """Bottom-right causal with seqlen_q > seqlen_k: the first rows see no key, get out 0 and no gradient."""
+    q, k, v = _inputs(1, 200, 120, 4, 2, 128)
+    dout = torch.randn_like(q)
+    out, dq, dk, dv = _grads(lambda a, b, c: avo.attention(a, b, c, causal=True), q, k, v, dout)
+    assert not any(t.isnan().any() for t in (out, dq, dk, dv))
+    assert not out[:, :80].any() and not dq[:, :80].any()
+    # the rows that see keys: the same as attention of those rows alone (a square causal problem)
+    _, dq_tail, dk_tail, dv_tail = _reference_grads(q[:, 80:], k, v, dout[:, 80:], True, 1 / math.sqrt(128))
+    for mine, truth in ((dq[:, 80:], dq_tail), (dk, dk_tail), (dv, dv_tail)):
+        assert (mine.float() - truth).abs().max().item() < 5e-2
+
+
+@pytest.mark.gpu
+def test_opcheck_with_gradients():
+    q, k, v = (t.requires_grad_(True) for t in _inputs(2, 128, 192, 8, 2, 128))
+    torch.library.opcheck(torch.ops.avo.attention_fwd.default, (q, k, v, True, 0.088, ""))
+    dout = torch.randn_like(q)
+    out, lse = avo.attention(q.detach(), k.detach(), v.detach(), causal=True, softmax_scale=0.088, return_lse=True)
+    torch.library.opcheck(torch.ops.avo.attention_bwd.default, (dout, q.detach(), k.detach(), v.detach(), out, lse,
+                                                                 True, 0.088))
+
+
+@pytest.mark.gpu
+def test_torch_compile_training_step_matches_eager():
+    torch.manual_seed(0)
+    model = _TinyAttention().cuda().to(torch.bfloat16)
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 256, 512, device="cuda", dtype=torch.bfloat16)
+    grads = []
+    for fn in (model, compiled):
+        model.zero_grad()
+        fn(x).float().square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for eager, traced in zip(*grads, strict=True):
+        assert not traced.isnan().any()
+        torch.testing.assert_close(traced, eager)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_varlen_matches_the_reference_per_sequence(causal):
+    lens_q, lens_k = [300, 1, 0, 517, 64], [300, 129, 7, 517, 0]
+    cu_q = torch.tensor([0, *torch.tensor(lens_q).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
+    cu_k = torch.tensor([0, *torch.tensor(lens_k).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
+    q = torch.randn(sum(lens_q), 8, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(sum(lens_k), 2, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(sum(lens_k), 2, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    out, lse = avo.attention_varlen(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal, return_lse=True)
+    out.float().sum().backward()
+    assert out.shape == q.shape and lse.shape == (8, sum(lens_q)) and q.grad.shape == q.shape
+    starts_q, starts_k = cu_q.tolist(), cu_k.tolist()
+    for i in range(len(lens_q)):
+        rows, cols = slice(starts_q[i], starts_q[i + 1]), slice(starts_k[i], starts_k[i + 1])
+        if lens_q[i] == 0:
+            continue
+        _assert_matches_reference(out[rows][None].detach(), lse[:, rows][None], q[rows][None].detach(),
+                                  k[cols][None].detach(), v[cols][None].detach(), causal, 1 / math.sqrt(128))
