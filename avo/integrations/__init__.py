@@ -1,0 +1,1 @@
+"""Hooks that put `avo.attention` into other libraries' models (imported explicitly, one per library)."""
