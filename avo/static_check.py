@@ -117,7 +117,7 @@ _FORBIDDEN_NAMES = frozenset({
 _INTERNAL_IMPORTS: dict[str, dict[str, frozenset[str] | None]] = {
     "cutlass._mlir.dialects": {"llvm": frozenset({"inline_asm", "AsmDialect"}), "nvvm": None},
     "cutlass.cutlass_dsl": {
-        "T": frozenset({"i1", "i8", "i16", "i32", "i64", "f16", "bf16", "f32", "f64"}),  # MLIR scalar types
+        "T": frozenset({"bool", "i8", "i16", "i32", "i64", "f16", "bf16", "f32", "f64"}),  # MLIR scalar types
         "dsl_user_op": None,
     },
 }
@@ -129,7 +129,8 @@ _SELF = frozenset({"self", "cls"})
 class _Reject(Exception):
     def __init__(self, node: ast.AST, reason: str):
         super().__init__(reason)
-        self.line = getattr(node, "lineno", 0)
+        # the leftmost, innermost node of a line is reported: `collections.abc.sys` names `abc`
+        self.where = (getattr(node, "lineno", 0), getattr(node, "col_offset", 0), getattr(node, "end_col_offset", 0))
         self.reason = reason
 
 
@@ -152,10 +153,10 @@ def check(text: str) -> tuple[bool, str]:
             if isinstance(node, ast.Name) and restricted.get(node.id) is not None:
                 _check_restricted_use(node, parents.get(node), restricted[node.id])
         except _Reject as exc:
-            rejections.append((exc.line, exc.reason))
+            rejections.append((exc.where, exc.reason))
     if rejections:
-        line, reason = min(rejections)
-        return False, f"line {line}: {reason}"
+        where, reason = min(rejections)
+        return False, f"line {where[0]}: {reason}"
     if not any(_assigns_kernel(node) for node in tree.body):
         return False, "line 1: the module does not assign KERNEL (the kernel class) at top level"
     return True, ""
