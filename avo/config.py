@@ -43,6 +43,8 @@ class EndpointSection:
     request_timeout_s: float = 300.0
     price_in_per_mtok: float | None = None
     price_out_per_mtok: float | None = None
+    max_tokens: int = 4096  # completion tokens per reply, sent on every request
+    context_window: int | None = None  # the model's context in tokens; None: 100k assumed
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class AgentSection:
     max_turns: int = 40
     max_tokens_per_step: int = 400_000
     max_seconds_per_step: float = 3600.0
+    outage_wait_s: float = 1800.0  # an unreachable endpoint pauses the run this long at most, then it stops
 
 
 @dataclass(frozen=True)
