@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -90,11 +91,28 @@ def _incumbent(choice: str, lineage: Lineage) -> tuple[str | None, str | None]:
 
 
 def _record(lineage: Lineage, source: Path, verdict, parent: str | None) -> Candidate:
+    """Record a submitted kernel. Its family (the template it came from) is part of its identity: it
+    descends from the incumbent only when that is of its family, else from its family's newest
+    committed node, else it starts a root of its own; what it was timed against stays in extra."""
     text = source.read_text()
+    family, incumbent = _family(source, text), parent
+    if parent and lineage.get(parent).template != family:
+        same = [c for c in lineage.nodes("committed") if family and c.template == family]
+        parent = same[-1].id if same else None
     node = Candidate(id=lineage.new_id(), parents=[parent] if parent else [], operator="manual",
-                     source_hash=jit.source_hash(text), source_path=str(source))
+                     template=family, source_hash=jit.source_hash(text), source_path=str(source))
     verdict.apply_to(node)
+    if incumbent and incumbent != parent:
+        node.extra["timed_against"] = incumbent
     return lineage.add(node, source_text=text if verdict.status == "committed" else None)
+
+
+def _family(source: Path, text: str) -> str | None:
+    """The template a kernel was rendered from: the header every template writes ("Rendered from
+    dsl_templates/<family>"), kept by hand edits, else generated/<family>_<sha12>.py's name."""
+    match = re.search(r"Rendered from dsl_templates/(\w+)", text)
+    name = match.group(1) if match else re.sub(r"_[0-9a-f]{12}$", "", source.stem)
+    return name if (jit.TEMPLATES_DIR / name / "knobs.py").exists() else None
 
 
 def format_verdict(verdict) -> str:

@@ -1,0 +1,41 @@
+"""`avo.eval --submit`: a node's family (its template) is part of its identity."""
+
+from types import SimpleNamespace
+
+from avo import jit
+from avo.eval import _record
+from avo.lineage import Candidate, Lineage
+
+
+def _verdict(status):
+    def apply_to(node):
+        node.status, node.geomean = status, 1.0
+    return SimpleNamespace(status=status, ratio=1.01, apply_to=apply_to)
+
+
+def _archive(tmp_path):
+    lineage = Lineage.load(tmp_path / "archive")
+    flash = jit.render("flash_fwd_sm90").read_text()
+    lineage.add(Candidate(id="v0000", status="committed", template="flash_fwd_sm90", created=1.0), source_text=flash)
+    return lineage
+
+
+def test_a_naive_kernel_is_not_a_child_of_a_flash_node(tmp_path):
+    lineage = _archive(tmp_path)
+    naive = jit.render("naive_attention")
+    first = _record(lineage, naive, _verdict("rejected"), parent="v0000")
+    assert (first.template, first.parents, first.extra["timed_against"]) == ("naive_attention", [], "v0000")
+    # a hand-edited copy keeps its header, hence its family, and links to its family's committed node
+    edited = tmp_path / "my_kernel.py"
+    edited.write_text(naive.read_text() + "\n# tuned by hand\n")
+    committed = _record(lineage, edited, _verdict("committed"), parent="v0000")
+    assert committed.template == "naive_attention" and committed.parents == []
+    again = _record(lineage, edited, _verdict("rejected"), parent="v0000")
+    assert again.parents == [committed.id] and Lineage.load(lineage.root).get(again.id).template == "naive_attention"
+
+
+def test_a_flash_kernel_descends_from_the_flash_incumbent(tmp_path):
+    lineage = _archive(tmp_path)
+    node = _record(lineage, jit.render("flash_fwd_sm90", jit.load_knobs("flash_fwd_sm90")), _verdict("rejected"),
+                   parent="v0000")
+    assert node.parents == ["v0000"] and node.template == "flash_fwd_sm90" and "timed_against" not in node.extra
