@@ -63,7 +63,7 @@ class Progress:
         if kind == "candidate":
             ratio = f" ratio {data['ratio']:.4f}" if data.get("ratio") else ""
             return (f"[{stamp}] {data['id']} {data['operator']:6s} {data['status']:18s} "
-                    f"geomean {data.get('geomean', 0):7.1f}{ratio}  {str(data.get('diagnosis', ''))[:110]}")
+                    f"geomean {_tflops(data.get('geomean')):>7s}{ratio}  {str(data.get('diagnosis', ''))[:110]}")
         details = " ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, dict | list))
         return f"[{stamp}] {kind}: {details}"
 
@@ -77,7 +77,7 @@ class Progress:
         for column in ("id", "operator", "status", "geomean", "ratio", "diagnosis"):
             table.add_column(column, overflow="fold" if column == "diagnosis" else "ellipsis")
         for c in self.recent:
-            table.add_row(c["id"], c["operator"], c["status"], f"{c.get('geomean', 0):.1f}",
+            table.add_row(c["id"], c["operator"], c["status"], _tflops(c.get("geomean")),
                           f"{c['ratio']:.4f}" if c.get("ratio") else "-", str(c.get("diagnosis", ""))[:90])
         minutes = (time.time() - self.started) / 60
         best = (f"best {self.best.get('id', '-')} geomean {self.best.get('geomean', 0):.1f}"
@@ -86,3 +86,8 @@ class Progress:
         counts = "  ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
         header = f"{best}   {anchors}\n{counts}   tokens {self.tokens}   cost ${self.cost:.2f}   {minutes:.1f} min"
         return Panel(Group(Text(header), table), title=self.title)
+
+
+def _tflops(value) -> str:
+    """A geomean for the log: `-` where nothing was measured (failed or screened), never 0.0."""
+    return f"{value:.1f}" if value else "-"
