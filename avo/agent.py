@@ -13,33 +13,30 @@ client is made and is never stored in the result, the transcript or the log.
 
 from __future__ import annotations
 
-import difflib
+import email.utils
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from avo.knowledge import (
-    KNOWLEDGE_DIR,
-    PathError,
-    confined_path,
-    knowledge_index,
-    number_lines,
-    read_text,
-    reference_roots,
-    source_index,
-)
+from avo import tools
+from avo.knowledge import KNOWLEDGE_DIR, reference_roots
 
-__all__ = ["AgentStepResult", "EndpointConfig", "StepBudget", "Workbench", "make_client", "run_agent_step"]
+__all__ = ["AgentStepResult", "EndpointConfig", "StepBudget", "Workbench", "make_client", "parse_text_tool_calls",
+           "run_agent_step"]
 
-OUTCOMES = ("submitted", "budget_exhausted", "endpoint_error", "gave_up")
-_TOOL_RESULT_CHARS = 20000  # what the model sees of one tool result
+OUTCOMES = ("submitted", "budget_exhausted", "endpoint_error", "gave_up", "stuck")
 _TRANSCRIPT_CHARS = 4000  # what the transcript keeps of one message
-_CONTEXT_CHARS = 360_000  # above this, old long tool results are elided from the conversation
+_DEFAULT_WINDOW = 100_000  # tokens assumed when the model's context window is not configured
 _IDLE_REPLIES = 2  # consecutive replies without a tool call before the step counts as given up
+_SAME_INVALID = 3  # the same invalid call this many times in a step stops the step
+_RETRY_AFTER_CAP_S = 300.0  # the longest Retry-After honoured
+_SHRINKS = 3  # context-length errors answered by shrinking the conversation, per request
+_KEYS: dict[str, str] = {}  # api keys taken out of the environment (see EndpointConfig.api_key)
 
 
 @dataclass(frozen=True)
@@ -53,10 +50,21 @@ class EndpointConfig:
     retry_backoff_s: float = 2.0  # first backoff; doubles each retry
     price_in_per_mtok: float | None = None  # USD per million prompt tokens, for the cost estimate
     price_out_per_mtok: float | None = None  # USD per million completion tokens
+    max_tokens: int = 4096  # completion tokens per reply, sent on every request
+    context_window: int | None = None  # the model's context in tokens; None: assume 100k
 
     def api_key(self) -> str:
-        # local servers (vLLM, Ollama) accept any key; the client insists on a non-empty one
-        return os.environ.get(self.api_key_env) or "not-set"
+        """The key, taken out of the environment on first use: no process the run starts (compile
+        and evaluation workers, ncu, cuobjdump) inherits it. Local servers (vLLM, Ollama,
+        llama.cpp) accept any key; the client insists on a non-empty one."""
+        value = os.environ.pop(self.api_key_env, None)
+        if value:
+            _KEYS[self.api_key_env] = value
+        return _KEYS.get(self.api_key_env) or "not-set"
+
+    def secret(self) -> str:
+        key = self.api_key()
+        return "" if key == "not-set" else key
 
 
 @dataclass(frozen=True)
@@ -80,9 +88,9 @@ class Workbench(Protocol):
 
     def compile(self, path: Path) -> dict: ...
 
-    def test(self, path: Path) -> dict: ...
+    def test(self, path: Path, configs: list[str] | None = None) -> dict: ...
 
-    def benchmark(self, path: Path) -> dict: ...
+    def benchmark(self, path: Path, configs: list[str] | None = None) -> dict: ...
 
     def submit(self, path: Path, rationale: str) -> dict: ...
 
@@ -150,17 +158,27 @@ search_knowledge) so you do not repeat what failed. Look at diffs of committed v
 (registers/spills, shared memory, exp2 throughput, pipeline depth, tile shape, scheduling).
 3. Edit with edit_candidate (exact, unique string replacement) or write_candidate.
 4. compile() and read the report (registers, spills, shared memory); fix errors; then test(), then \
-benchmark(). Iterate while your budget lasts.
+benchmark() (both take `configs` to run a subset, list_configs names them). Where a GPU is present, \
+profile() shows what limits the kernel and sass()/instruction_mix() what the compiler made of your \
+edit. reset_to_parent() throws the step's edits away. Keep notes with write_notes: the next step \
+reads them. Iterate while your budget lasts.
 5. submit(rationale) when you have a correct candidate you believe is faster; the rationale says \
 what you changed, why, and what you measured. If nothing works, call give_up(reason) with what \
 you learned, so the next step does not repeat it.
 
 The reference sources (read_reference/search_reference) are the installed CuTe DSL (cutlass/...), \
 FlashAttention-4 (flash_attn/cute/...) and quack (quack/...): learn from them, do not paste them \
-wholesale. Paths are relative; the only file you may change is the candidate."""
+wholesale. read_project reads this project's templates and harness files. Paths are relative; the \
+only file you may change is the candidate.
+
+Call tools through the API's tool calls. If you cannot, write exactly one JSON object per call, \
+{"name": "<tool>", "arguments": {...}}, inside a ```json block."""
 
 
-def _first_message(lineage, parent_id: str | None, candidate: Path, budget: StepBudget, directions: str) -> str:
+def first_message(lineage, parent_id: str | None, candidate: Path, budget: StepBudget | None, directions: str,
+                  notes: list[tuple[str, str]] = ()) -> str:
+    """The step's opening brief: candidate, incumbent, recent attempts, budget, the earlier steps'
+    notes and the supervisor's directions (the MCP server serves the same text as a resource)."""
     parts = [f"Candidate file: {candidate.name} (parent: {parent_id or 'none'})."]
     if lineage is not None and len(lineage):
         best = lineage.best()
@@ -174,215 +192,62 @@ def _first_message(lineage, parent_id: str | None, candidate: Path, budget: Step
             parts.append("Most recent attempts:\n" + "\n".join(
                 f"- {n.id} ({n.operator}, {n.status}, {n.geomean:.1f}): {(n.rationale or n.diagnosis)[:160]}"
                 for n in recent))
-    parts.append(f"Budget for this step: {budget.max_turns} replies, {budget.max_tokens} tokens, "
-                 f"{budget.max_seconds:.0f} s.")
+    if budget is not None:
+        parts.append(f"Budget for this step: {budget.max_turns} replies, {budget.max_tokens} tokens, "
+                     f"{budget.max_seconds:.0f} s.")
+    if notes:
+        parts.append("Notes from earlier steps (read_notes has more):\n" + "\n".join(
+            f"[{sid}] {text.strip()[:1200]}" for sid, text in notes))
     if directions.strip():
         parts.append("Directions from the supervisor (act on them):\n" + directions.strip())
     return "\n\n".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
-# tools
+# tool calls written as text
 
 
-def _fn(name: str, description: str, properties: dict | None = None, required: tuple = ()) -> dict:
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
-        "type": "object", "properties": properties or {}, "required": list(required)}}}
+_TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+_FENCED = re.compile(r"```[ \t]*(?:json|tool_call|tool_code)?[ \t]*\n?(.*?)```", re.S | re.I)
 
 
-_STR = {"type": "string"}
-_INT = {"type": "integer"}
-_PATH = {"type": "string", "description": "leave out: the only allowed value is the candidate file itself"}
-
-TOOLS = [
-    _fn("list_lineage", "Every version so far: id, parents, operator, status, geomean TFLOPS, diagnosis."),
-    _fn("show_version", "Source of a version in the lineage, with line numbers (250 lines at a time).",
-        {"node_id": _STR, "start_line": _INT, "max_lines": _INT}, ("node_id",)),
-    _fn("diff_to_parent", "Unified diff of a version against its first parent. node_id 'candidate' diffs "
-        "the candidate against its parent.", {"node_id": _STR}, ("node_id",)),
-    _fn("search_knowledge", "Ranked search over knowledge/ (hardware facts, DSL idioms, the algorithm, "
-        "harness, what was tried).", {"query": _STR}, ("query",)),
-    _fn("read_knowledge", "Read a knowledge/ file, e.g. 'hopper.md' ('' lists the files).",
-        {"path": _STR, "start_line": _INT}, ("path",)),
-    _fn("search_reference", "Ranked search over the installed CuTe DSL, FA4 and quack sources. `under` "
-        "narrows it, e.g. 'flash_attn/cute'.", {"query": _STR, "under": _STR}, ("query",)),
-    _fn("read_reference", "Read a reference source, e.g. 'flash_attn/cute/softmax.py', 200 lines at a time "
-        "(a directory lists it).",
-        {"path": _STR, "start_line": _INT, "max_lines": _INT}, ("path",)),
-    _fn("read_candidate", "The candidate kernel source with line numbers (250 lines at a time).",
-        {"start_line": _INT, "max_lines": _INT, "path": _PATH}),
-    _fn("edit_candidate", "Replace the exact string `old` (must occur exactly once) with `new` in the candidate.",
-        {"old": _STR, "new": _STR, "path": _PATH}, ("old", "new")),
-    _fn("write_candidate", "Replace the whole candidate with `text`.", {"text": _STR, "path": _PATH}, ("text",)),
-    _fn("compile", "Compile the candidate for the target arch: errors (stage, message, line) or the resource "
-        "report (registers, spills, shared memory, wgmma count)."),
-    _fn("test", "Run the harness's correctness check of the candidate on the suite's shapes."),
-    _fn("benchmark", "Benchmark the candidate: TFLOPS per config and geomean vs the incumbent."),
-    _fn("submit", "End the step: hand the candidate to the harness, which applies the commit rule.",
-        {"rationale": {"type": "string", "description": "what changed, why, what you measured"}}, ("rationale",)),
-    _fn("give_up", "End the step without submitting; say what you tried and learned.", {"reason": _STR}, ("reason",)),
-]
-_TOOL_NAMES = {t["function"]["name"] for t in TOOLS}
+def parse_text_tool_calls(content: str | None) -> tuple[list[tuple[str, str]], str]:
+    """Tool calls a model wrote in its text instead of `tool_calls`: Hermes `<tool_call>` tags,
+    ```json blocks, or the whole reply as one JSON object. Each call is {"name", "arguments"}
+    (or "parameters"). Returns [(name, arguments as JSON text)] and the form found ("" if none)."""
+    if not content or "{" not in content:
+        return [], ""
+    for form, bodies in (("<tool_call> tags", _TAGGED.findall(content)), ("```json blocks", _FENCED.findall(content)),
+                         ("a bare JSON object", [content.strip()] if content.strip()[:1] in "{[" else [])):
+        calls = [c for body in bodies for c in _calls_in(body)]
+        if calls:
+            return calls, form
+    return [], ""
 
 
-class _ToolError(Exception):
-    pass
-
-
-class _Session:
-    """The state of one step: what the tools act on and what they record."""
-
-    def __init__(self, lineage, workbench, candidate: Path, parent_id: str | None, knowledge_dir: Path,
-                 ref_roots: dict[str, Path], result: AgentStepResult):
-        self.lineage, self.workbench, self.candidate = lineage, workbench, candidate
-        self.parent_id, self.knowledge_dir, self.ref_roots, self.result = parent_id, knowledge_dir, ref_roots, result
-        self.ended: str | None = None  # "submitted" | "gave_up"
-
-    def call(self, name: str, args: dict) -> Any:
-        if name not in _TOOL_NAMES:
-            raise _ToolError(f"unknown tool {name!r}; tools: {', '.join(sorted(_TOOL_NAMES))}")
-        schema = next(t["function"]["parameters"] for t in TOOLS if t["function"]["name"] == name)
-        missing = [r for r in schema["required"] if r not in args]
-        if missing:
-            raise _ToolError(f"{name} needs argument(s) {missing}")
-        unknown = set(args) - set(schema["properties"])
-        if unknown:
-            raise _ToolError(f"{name} takes no argument(s) {sorted(unknown)}; it takes {sorted(schema['properties'])}")
-        return getattr(self, f"t_{name}")(**args)
-
-    # -- lineage ----------------------------------------------------------------------------
-    def _need_lineage(self):
-        if self.lineage is None:
-            raise _ToolError("no lineage in this run")
-        return self.lineage
-
-    def t_list_lineage(self):
-        lineage = self._need_lineage()
-        best = lineage.best()
-        rows = [{"id": n.id, "parents": n.parents, "operator": n.operator, "status": n.status,
-                 "geomean": round(n.geomean, 2), "diagnosis": n.diagnosis[:200], "rationale": n.rationale[:200]}
-                for n in lineage.nodes()]
-        return {"incumbent": best.id if best else None, "count": len(rows), "nodes": rows[-80:]}
-
-    def _source(self, node_id: str) -> str:
-        lineage = self._need_lineage()
+def _calls_in(body: str) -> list[tuple[str, str]]:
+    body = body.strip()
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError:
+        start = body.find("{")
+        if start < 0:
+            return []
         try:
-            return lineage.source(node_id)
-        except Exception as exc:
-            raise _ToolError(str(exc)) from None
-
-    def t_show_version(self, node_id: str, start_line: int = 1, max_lines: int = 250):
-        return number_lines(self._source(str(node_id)), start_line, min(int(max_lines), 400))
-
-    def t_diff_to_parent(self, node_id: str):
-        if node_id == "candidate":
-            if not self.parent_id:
-                raise _ToolError("the candidate has no parent in the lineage")
-            old, new, a, b = self._source(self.parent_id), self.candidate.read_text(), self.parent_id, "candidate"
-        else:
-            node = self._need_lineage().get(node_id) if node_id in self._need_lineage() else None
-            if node is None:
-                raise _ToolError(f"no node {node_id!r} in the lineage")
-            if not node.parents:
-                raise _ToolError(f"{node_id} has no parent (it is a seed)")
-            old, new, a, b = self._source(node.parents[0]), self._source(node_id), node.parents[0], node_id
-        return _diff(old, new, a, b) or "(identical)"
-
-    # -- reading ----------------------------------------------------------------------------
-    def t_search_knowledge(self, query: str):
-        hits = knowledge_index(self.knowledge_dir).search(str(query), k=6)
-        return [h.as_dict() for h in hits] or "no match; try other words or read_knowledge('')"
-
-    def t_read_knowledge(self, path: str, start_line: int = 1):
-        if not str(path).strip():
-            return sorted(str(p.relative_to(self.knowledge_dir)) for p in self.knowledge_dir.rglob("*.md"))
-        return read_text(self._confined({"": self.knowledge_dir}, path, "read_knowledge"), start_line, 400)
-
-    def t_search_reference(self, query: str, under: str = ""):
-        if not self.ref_roots:
-            raise _ToolError("no reference sources are installed here")
-        hits = source_index(self.ref_roots).search(str(query), k=8, under=str(under or ""))
-        return [h.as_dict() for h in hits] or "no match"
-
-    def t_read_reference(self, path: str, start_line: int = 1, max_lines: int = 200):
-        return read_text(self._confined(self.ref_roots, path, "read_reference"), start_line, min(int(max_lines), 400))
-
-    def _confined(self, roots: dict, path: str, tool: str) -> Path:
-        try:
-            return confined_path(roots, str(path))
-        except PathError as exc:
-            self.result.refused.append({"tool": tool, "path": str(path), "reason": str(exc)})
-            raise _ToolError(f"refused: {exc}") from None
-
-    # -- the candidate ----------------------------------------------------------------------
-    def _check_candidate_path(self, path: str | None, tool: str) -> None:
-        if path is None or path == "":
-            return
-        target = Path(path) if os.path.isabs(path) else self.candidate.parent / path
-        same = target.resolve() == self.candidate.resolve() or path == self.candidate.name
-        if not same or ".." in Path(path).parts:
-            reason = f"{tool} may only change the candidate file {self.candidate.name}, not {path!r}"
-            self.result.refused.append({"tool": tool, "path": str(path), "reason": reason})
-            raise _ToolError(f"refused: {reason}")
-
-    def t_read_candidate(self, start_line: int = 1, max_lines: int = 250, path: str | None = None):
-        self._check_candidate_path(path, "read_candidate")
-        return read_text(self.candidate, start_line, min(int(max_lines), 400))
-
-    def t_edit_candidate(self, old: str, new: str, path: str | None = None):
-        self._check_candidate_path(path, "edit_candidate")
-        text = self.candidate.read_text()
-        count = text.count(old) if old else 0
-        if count != 1:
-            raise _ToolError(f"`old` occurs {count} times in the candidate; it must occur exactly once "
-                             "(include more surrounding lines, or read_candidate again)")
-        self.candidate.write_text(text.replace(old, new, 1))
-        line = text[:text.index(old)].count("\n") + 1
-        return f"edited at line {line}: -{old.count(chr(10)) + 1} +{new.count(chr(10)) + 1} lines"
-
-    def t_write_candidate(self, text: str, path: str | None = None):
-        self._check_candidate_path(path, "write_candidate")
-        self.candidate.write_text(str(text))
-        return f"wrote {len(str(text).splitlines())} lines"
-
-    # -- the harness ------------------------------------------------------------------------
-    def _harness(self, name: str, *args) -> dict:
-        try:
-            return getattr(self.workbench, name)(self.candidate, *args)
-        except Exception as exc:  # a harness bug must not kill the step; the model sees it
-            message = f"{type(exc).__name__}: {exc}"
-            self.result.errors.append(f"workbench.{name}: {message}"[:500])
-            return {"ok": False, "error": {"stage": "harness", "message": message[:2000]}}
-
-    def t_compile(self):
-        return self._harness("compile")
-
-    def t_test(self):
-        return self._harness("test")
-
-    def t_benchmark(self):
-        return self._harness("benchmark")
-
-    def t_submit(self, rationale: str):
-        self.result.rationale = str(rationale)
-        report = self._harness("submit", str(rationale))
-        if not isinstance(report, dict):
-            report = {"status": "crashed", "error": f"workbench.submit returned {type(report).__name__}"}
-        elif "status" not in report:  # the harness itself failed (see _harness)
-            report = {"status": "crashed", **report}
-        self.result.submit = report
-        self.ended = "submitted"
-        return report
-
-    def t_give_up(self, reason: str):
-        self.result.rationale = str(reason)
-        self.ended = "gave_up"
-        return "step ended without a submission"
-
-
-def _diff(old: str, new: str, a: str, b: str) -> str:
-    return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
-                                        fromfile=a, tofile=b))
+            obj, _ = json.JSONDecoder().raw_decode(body[start:])
+        except json.JSONDecodeError:
+            return []
+    out = []
+    for item in obj if isinstance(obj, list) else [obj]:
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("function"), dict):
+            item = item["function"]
+        name = item.get("name") or item.get("tool")
+        args = item.get("arguments", item.get("parameters", item.get("args", {})))
+        if isinstance(name, str) and name:
+            out.append((name, args if isinstance(args, str) else json.dumps(args if args is not None else {})))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,12 +257,16 @@ def _diff(old: str, new: str, a: str, b: str) -> str:
 def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, candidate_path: str | Path,
                    budget: StepBudget | None = None, directions: str = "", parent_id: str | None = None, *,
                    knowledge_dir: str | Path = KNOWLEDGE_DIR, ref_roots: dict[str, Path] | None = None,
-                   client=None, log_path: str | Path | None = None) -> AgentStepResult:
+                   client=None, log_path: str | Path | None = None, node_id: str | None = None,
+                   run_dir: str | Path | None = None, suite: str | None = None,
+                   arch: str = "sm_90a") -> AgentStepResult:
     """One variation step. Never raises for endpoint, tool or harness failures: they are recorded.
 
     candidate_path: the file the agent edits; when it does not exist and parent_id is given it is
     created from the parent's source. lineage: an avo.lineage.Lineage (or None). log_path: a JSONL
-    file that gets every transcript entry as it happens."""
+    file that gets every transcript entry as it happens. run_dir: where notes/, profiles and
+    disassembly go (notes are kept only with a run_dir); suite and arch: what the harness tools
+    (list_configs, sass, profile) work on."""
     import openai
 
     started = time.monotonic()
@@ -405,17 +274,20 @@ def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, cand
     candidate = Path(candidate_path).resolve()
     start_text: str | None = None
     result = AgentStepResult(outcome="budget_exhausted", submit=None, rationale="", transcript=[])
-    secret = os.environ.get(endpoint.api_key_env) or ""
+    secrets = tools.secret_values((endpoint.secret(),))
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "a") if log_path else None  # closed in the finally below
 
     def record(entry: dict) -> None:
-        entry = _redact(entry, secret)
+        entry = json.loads(tools.redact(json.dumps(entry, default=str), secrets))
         result.transcript.append(entry)
         if log:
             log.write(json.dumps(entry, default=str) + "\n")
             log.flush()
+
+    def fail(message: str) -> None:
+        result.errors.append(tools.redact(message, secrets)[:1000])
 
     try:
         if not candidate.exists():
@@ -424,81 +296,116 @@ def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, cand
             candidate.parent.mkdir(parents=True, exist_ok=True)
             candidate.write_text(lineage.source(parent_id))
         start_text = candidate.read_text()
-        session = _Session(lineage, workbench, candidate, parent_id, Path(knowledge_dir).resolve(),
-                           reference_roots() if ref_roots is None else ref_roots, result)
+        notes_dir = Path(run_dir) / "notes" if run_dir else None
+        ctx = tools.Context(candidate=candidate, workbench=workbench, lineage=lineage, parent_id=parent_id,
+                            node_id=node_id, knowledge_dir=Path(knowledge_dir).resolve(),
+                            ref_roots=reference_roots() if ref_roots is None else ref_roots,
+                            project_roots=tools.project_roots(), notes_dir=notes_dir,
+                            run_dir=Path(run_dir) if run_dir else None, suite=suite, arch=arch,
+                            deadline=started + budget.max_seconds, secrets=secrets,
+                            refused=result.refused, errors=result.errors)
         client = client or make_client(endpoint)
-        messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": _first_message(lineage, parent_id, candidate, budget, directions)}]
+        notes = tools.previous_notes(notes_dir, exclude=node_id)
+        brief = first_message(lineage, parent_id, candidate, budget, directions, notes)
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": brief}]
         record({"role": "system", "content": SYSTEM_PROMPT[:600] + " [...]"})
         record({"role": "user", "content": messages[1]["content"]})
+        window = _Window(endpoint)
         idle = 0
+        invalid: dict[tuple[str, str], int] = {}
         while True:
             elapsed = time.monotonic() - started
             if result.turns >= budget.max_turns:
-                result.errors.append(f"turn budget spent ({budget.max_turns})")
+                fail(f"turn budget spent ({budget.max_turns})")
                 break
             if result.tokens_in + result.tokens_out >= budget.max_tokens:
-                result.errors.append(f"token budget spent ({result.tokens_in + result.tokens_out} tokens)")
+                fail(f"token budget spent ({result.tokens_in + result.tokens_out} tokens)")
                 break
             if elapsed >= budget.max_seconds:
-                result.errors.append(f"time budget spent ({elapsed:.0f} s)")
+                fail(f"time budget spent ({elapsed:.0f} s)")
                 break
-            _elide_old_results(messages)
+            window.fit(messages)
             try:
-                response = _complete(client, endpoint, messages, budget.max_seconds - elapsed, openai)
+                response = _complete(client, endpoint, messages, budget.max_seconds - elapsed, openai, window, record)
             except Exception as exc:  # endpoint failure after retries: the step ends, the caller goes on
-                message = _redact_text(f"{type(exc).__name__}: {exc}", secret)[:1000]
+                message = tools.redact(f"{type(exc).__name__}: {exc}", secrets)[:1000]
                 result.outcome = "endpoint_error"
-                result.errors.append(message)
+                fail(message)
                 record({"role": "event", "kind": "endpoint_error", "content": message})
                 break
             result.turns += 1
             _count_tokens(result, response, messages)
+            window.calibrate(response, messages)
             if not response.choices:
-                result.errors.append("endpoint returned no choices")
+                fail("endpoint returned no choices")
                 record({"role": "event", "kind": "empty_reply", "content": "no choices"})
                 continue
             msg = response.choices[0].message
-            calls = list(msg.tool_calls or [])
+            calls = [(c.id or f"call_{result.turns}_{i}", c.function.name, c.function.arguments or "")
+                     for i, c in enumerate(msg.tool_calls or [])]
+            parsed_from = ""
+            if not calls:
+                found, parsed_from = parse_text_tool_calls(msg.content)
+                calls = [(f"text_{result.turns}_{i}", name, args) for i, (name, args) in enumerate(found)]
             assistant = {"role": "assistant", "content": msg.content}
             if calls:
-                assistant["tool_calls"] = [
-                    {"id": c.id or f"call_{result.turns}_{i}", "type": "function",
-                     "function": {"name": c.function.name, "arguments": c.function.arguments or ""}}
-                    for i, c in enumerate(calls)]
+                assistant["tool_calls"] = [{"id": cid, "type": "function",
+                                            "function": {"name": name, "arguments": args}} for cid, name, args in calls]
             messages.append(assistant)
             record(_truncate_entry(assistant))
+            if parsed_from:
+                record({"role": "event", "kind": "parsed_tool_calls",
+                        "content": f"the model wrote {len(calls)} tool call(s) as text ({parsed_from}), not as "
+                                   "tool_calls: parsed as a fallback"})
             if not calls:
                 idle += 1
                 if idle >= _IDLE_REPLIES:
                     result.outcome = "gave_up"
-                    result.rationale = result.rationale or (msg.content or "")[:2000]
-                    result.errors.append("the model stopped calling tools without submitting")
+                    result.rationale = result.rationale or tools.redact((msg.content or "")[:2000], secrets)
+                    fail("the model stopped calling tools without submitting")
                     break
                 messages.append({"role": "user", "content": "Continue with the tools. End the step with "
                                  "submit(rationale) or give_up(reason)."})
                 continue
             idle = 0
-            for call in assistant["tool_calls"]:
-                name, raw = call["function"]["name"], call["function"]["arguments"]
+            stuck = ""
+            for cid, name, raw in calls:
                 result.tool_calls[name] = result.tool_calls.get(name, 0) + 1
-                content = _dispatch(session, name, raw, result)
-                messages.append({"role": "tool", "tool_call_id": call["id"], "content": content})
-                record(_truncate_entry({"role": "tool", "tool_call_id": call["id"], "name": name,
-                                        "content": content}))
-                if session.ended:
+                out = tools.call(ctx, name, raw)
+                content = out.text
+                if not out.ok:
+                    key = (name, _normalized(raw))
+                    invalid[key] = invalid.get(key, 0) + 1
+                    if invalid[key] >= _SAME_INVALID:
+                        stuck = f"the same invalid call to {name} was sent {invalid[key]} times; the step was stopped"
+                    elif invalid[key] > 1:
+                        content += ("\nYou sent exactly this call before and it failed the same way: change it "
+                                    "or do something else.")
+                messages.append({"role": "tool", "tool_call_id": cid, "content": content})
+                record(_truncate_entry({"role": "tool", "tool_call_id": cid, "name": name, "content": content}))
+                if stuck or ctx.ended:
                     break
-            if session.ended:
-                result.outcome = session.ended
+            if stuck:
+                result.outcome = "stuck"
+                fail(stuck)
+                record({"role": "event", "kind": "stuck", "content": stuck})
                 break
+            if ctx.ended:
+                result.outcome = ctx.ended
+                if ctx.ended == "budget_exhausted":
+                    fail(f"time budget spent ({time.monotonic() - started:.0f} s) while a tool ran")
+                break
+        result.rationale = tools.redact(ctx.rationale, secrets) or result.rationale
+        if ctx.submit:
+            result.submit = json.loads(tools.redact(json.dumps(ctx.submit, default=str), secrets))
     except Exception as exc:  # a bug or a missing file: recorded, never raised into the evolve loop
-        message = _redact_text(f"{type(exc).__name__}: {exc}", secret)[:1000]
-        result.errors.append(message)
+        message = tools.redact(f"{type(exc).__name__}: {exc}", secrets)[:1000]
+        fail(message)
         result.outcome = "endpoint_error" if _is_endpoint_error(exc) else "gave_up"
         record({"role": "event", "kind": "error", "content": message})
     finally:
         if start_text is not None and candidate.exists():
-            result.diff = _diff(start_text, candidate.read_text(), "start", "end")
+            result.diff = tools.redact(tools._diff(start_text, candidate.read_text(), "start", "end"), secrets)
             result.edit_hash = hashlib.sha256(result.diff.encode()).hexdigest()[:16] if result.diff else ""
         result.seconds = round(time.monotonic() - started, 3)
         result.cost_usd = _cost(endpoint, result)
@@ -509,31 +416,11 @@ def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, cand
     return result
 
 
-def _dispatch(session: _Session, name: str, raw: str, result: AgentStepResult) -> str:
-    """Run one tool call; every failure becomes an error result the model can read."""
+def _normalized(raw: str) -> str:
     try:
-        args = json.loads(raw) if raw and raw.strip() else {}
-        if not isinstance(args, dict):
-            raise _ToolError("arguments must be a JSON object")
-    except json.JSONDecodeError as exc:
-        result.errors.append(f"{name}: bad JSON arguments ({exc})")
-        return json.dumps({"error": f"arguments are not valid JSON ({exc}); send a JSON object"})
-    except _ToolError as exc:
-        result.errors.append(f"{name}: {exc}")
-        return json.dumps({"error": str(exc)})
-    try:
-        out = session.call(name, args)
-    except _ToolError as exc:
-        result.errors.append(f"{name}: {exc}"[:500])
-        return json.dumps({"error": str(exc)})
-    except Exception as exc:
-        result.errors.append(f"{name}: {type(exc).__name__}: {exc}"[:500])
-        return json.dumps({"error": f"{type(exc).__name__}: {exc}"[:2000]})
-    text = out if isinstance(out, str) else json.dumps(out, default=str, indent=1)
-    if len(text) > _TOOL_RESULT_CHARS:
-        cut = len(text) - _TOOL_RESULT_CHARS
-        text = text[:_TOOL_RESULT_CHARS] + f"\n[... truncated {cut} chars; read less at once]"
-    return text
+        return json.dumps(json.loads(raw), sort_keys=True)
+    except (json.JSONDecodeError, TypeError):
+        return str(raw).strip()
 
 
 def _is_endpoint_error(exc: BaseException) -> bool:
@@ -545,26 +432,148 @@ def _is_endpoint_error(exc: BaseException) -> bool:
         return False
 
 
-def _complete(client, endpoint: EndpointConfig, messages: list, seconds_left: float, openai):
-    """One chat completion with bounded retries of transient failures (timeouts, connection errors,
-    429 and 5xx), doubling the backoff; other errors (400, 401, 404) are raised at once."""
+_CONTEXT_ERROR = re.compile(r"context.{0,40}(length|window|size|exceed)|maximum context|too many tokens"
+                            r"|prompt is too long|exceeds the available context", re.I)
+
+
+def _is_context_error(exc: BaseException, openai) -> bool:
+    return isinstance(exc, openai.BadRequestError) and bool(_CONTEXT_ERROR.search(str(exc)))
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait (Retry-After: seconds or an HTTP date; retry-after-ms)."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _complete(client, endpoint: EndpointConfig, messages: list, seconds_left: float, openai, window, record):
+    """One chat completion, max_tokens always set. Transient failures (timeouts, connection errors,
+    429, 5xx) are retried, waiting what Retry-After asks (capped) or a doubling backoff; a
+    context-length error shrinks the conversation and retries; other errors are raised at once."""
     transient = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
                  openai.InternalServerError)
     # tool_choice is left to its default ("auto" when tools are given): vLLM refuses an explicit
-    # "auto" unless started with --enable-auto-tool-choice
+    # "auto" unless started with --enable-auto-tool-choice, and "required" made a small model loop
     extra = {} if endpoint.temperature is None else {"temperature": endpoint.temperature}
-    attempt = 0
+    deadline = time.monotonic() + seconds_left
+    attempt = shrinks = 0
     while True:
+        left = deadline - time.monotonic()
         try:
             return client.chat.completions.create(
-                model=endpoint.model, messages=messages, tools=TOOLS,
-                timeout=max(1.0, min(endpoint.request_timeout_s, seconds_left)), **extra)
-        except transient:
-            delay = endpoint.retry_backoff_s * 2 ** attempt
-            if attempt >= endpoint.max_retries or delay >= seconds_left:
+                model=endpoint.model, messages=messages, tools=tools.openai_tools(), max_tokens=endpoint.max_tokens,
+                timeout=max(1.0, min(endpoint.request_timeout_s, left)), **extra)
+        except transient as exc:
+            asked = _retry_after(exc)
+            delay = min(asked, _RETRY_AFTER_CAP_S) if asked is not None else endpoint.retry_backoff_s * 2 ** attempt
+            if attempt >= endpoint.max_retries or delay >= deadline - time.monotonic():
                 raise
             time.sleep(delay)
             attempt += 1
+        except openai.BadRequestError as exc:
+            if not _is_context_error(exc, openai) or shrinks >= _SHRINKS:
+                raise
+            shrinks += 1
+            before = window.limit
+            window.shrink()
+            window.fit(messages)
+            record({"role": "event", "kind": "context_shrunk",
+                    "content": f"the server said the context is too long; the conversation was shrunk to "
+                               f"~{window.limit} tokens (was ~{before}) and the request retried"})
+
+
+class _Window:
+    """The model's context as this step sees it: a token limit (window - max_tokens), a
+    characters-per-token ratio learnt from the server's usage reports, and elision to fit."""
+
+    def __init__(self, endpoint: EndpointConfig):
+        window = endpoint.context_window or _DEFAULT_WINDOW
+        self.limit = max(1024, window - endpoint.max_tokens - 256)
+        self.chars_per_token = 3.0  # conservative until the server reports usage
+        self.used = 0  # tokens of the conversation at the last fit
+
+    def calibrate(self, response, messages: list) -> None:
+        usage = getattr(response, "usage", None)
+        tokens = getattr(usage, "prompt_tokens", None) if usage is not None else None
+        if tokens and tokens > 200:
+            self.chars_per_token = max(1.5, min(6.0, _chars(messages[:-1]) / tokens))
+
+    def shrink(self) -> None:
+        self.limit = max(512, int(min(self.limit, self.used or self.limit) * 0.7))
+
+    def fit(self, messages: list) -> None:
+        """Elide, oldest first, long tool results and long tool-call arguments; then shorten all
+        but the newest messages; then drop the oldest turns. The system prompt, the brief and the
+        newest exchange stay."""
+        budget = int(self.limit * self.chars_per_token)
+        self.used = int(_chars(messages) / self.chars_per_token)
+        for keep, cut in ((4, 1000), (1, 300)):
+            for m in messages[2:len(messages) - keep]:
+                if _chars(messages) <= budget:
+                    return
+                _shorten(m, cut)
+        dropped = 0
+        while _chars(messages) > budget:
+            groups = _turns(messages)
+            if len(groups) <= 1:
+                break
+            start, end = groups[0]
+            del messages[start:end]
+            dropped += end - start
+        if dropped:
+            messages.insert(2, {"role": "user", "content": f"[{dropped} earlier messages were dropped to fit the "
+                                                          "context window; call tools again for what you need]"})
+        self.used = int(_chars(messages) / self.chars_per_token)
+
+
+def _chars(messages: list) -> int:
+    total = 0
+    for m in messages:
+        total += len(m.get("content") or "") + 16
+        for c in m.get("tool_calls") or ():
+            total += len(c["function"]["name"]) + len(c["function"]["arguments"] or "") + 32
+    return total
+
+
+def _shorten(m: dict, cut: int) -> None:
+    content = m.get("content") or ""
+    if len(content) > cut and m["role"] != "system":
+        m["content"] = content[:cut // 2] + f"\n[... {len(content) - cut // 2} chars elided to save context; call " \
+                                            "the tool again if needed]"
+    for c in m.get("tool_calls") or ():
+        c["function"]["arguments"] = _shorten_args(c["function"]["arguments"] or "", cut)
+
+
+def _shorten_args(raw: str, cut: int) -> str:
+    if len(raw) <= cut:
+        return raw
+    try:
+        args = json.loads(raw)
+    except json.JSONDecodeError:
+        return json.dumps({"elided": f"{len(raw)} chars of arguments"})
+    if not isinstance(args, dict):
+        return json.dumps({"elided": f"{len(raw)} chars of arguments"})
+    return json.dumps({k: (v[:cut // 4] + f" [... {len(v) - cut // 4} chars elided]"
+                           if isinstance(v, str) and len(v) > cut // 4 else v) for k, v in args.items()})
+
+
+def _turns(messages: list) -> list[tuple[int, int]]:
+    """[start, end) of each assistant turn after the brief (its message and its tool results)."""
+    starts = [i for i, m in enumerate(messages) if i >= 2 and m["role"] == "assistant"]
+    return [(s, starts[j + 1] if j + 1 < len(starts) else len(messages)) for j, s in enumerate(starts)]
 
 
 def _count_tokens(result: AgentStepResult, response, messages: list) -> None:
@@ -574,7 +583,7 @@ def _count_tokens(result: AgentStepResult, response, messages: list) -> None:
         result.tokens_out += int(usage.completion_tokens or 0)
         return
     result.tokens_estimated = True
-    result.tokens_in += sum(len(json.dumps(m, default=str)) for m in messages) // 4
+    result.tokens_in += _chars(messages) // 4
     if response.choices:
         m = response.choices[0].message
         args = sum(len(c.function.arguments or "") for c in m.tool_calls or [])
@@ -586,19 +595,6 @@ def _cost(endpoint: EndpointConfig, result: AgentStepResult) -> float | None:
         return None
     return round((result.tokens_in * (endpoint.price_in_per_mtok or 0.0)
                   + result.tokens_out * (endpoint.price_out_per_mtok or 0.0)) / 1e6, 6)
-
-
-def _elide_old_results(messages: list) -> None:
-    """Keep the conversation under _CONTEXT_CHARS by shortening the oldest long tool results
-    (the model can call the tool again)."""
-    total = sum(len(m.get("content") or "") for m in messages)
-    for m in messages[2:]:
-        if total <= _CONTEXT_CHARS:
-            return
-        content = m.get("content") or ""
-        if m["role"] == "tool" and len(content) > 1000:
-            m["content"] = content[:600] + "\n[... elided to save context; call the tool again if needed]"
-            total -= len(content) - len(m["content"])
 
 
 def _truncate_entry(entry: dict) -> dict:
@@ -615,13 +611,3 @@ def _truncate_entry(entry: dict) -> dict:
 
 def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n] + f" [... {len(text) - n} chars]"
-
-
-def _redact_text(text: str, secret: str) -> str:
-    return text.replace(secret, "[redacted]") if secret and len(secret) >= 4 else text
-
-
-def _redact(entry: dict, secret: str) -> dict:
-    if not secret or len(secret) < 4:
-        return entry
-    return json.loads(_redact_text(json.dumps(entry, default=str), json.dumps(secret)[1:-1]))
