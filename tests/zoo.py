@@ -37,6 +37,34 @@ VARIANTS = {
         "        for n_block in cutlass.range(cute.ceil_div(n_keys, TILE_N)):\n",
         "        for n_block in cutlass.range(cute.ceil_div(n_keys, TILE_N) + 2000000000):  # bug: never ends\n",
         "timeout", "killed after"),
+    # issue 10, class 3: exp2 of raw scores, no max subtracted. N(0,1) logits pass; the "large" inputs
+    # (logits of std ~64) overflow fp32 to inf and the output to NaN.
+    "softmax_without_running_max": (
+        "                    new_max = cutlass.max(row_max, s)\n",
+        "                    new_max = Float32(0.0)  # bug: no running max, exp2 of the raw scores\n",
+        "failed_correctness", "large inputs"),
+    # class 4: a fully masked row (causal, seqlen_q > seqlen_k, bottom-right) must have LSE -inf.
+    "lse_plus_inf_on_masked_rows": (
+        "            lse = -Float32.inf\n",
+        "            lse = Float32.inf  # bug: +inf where the reference is -inf\n",
+        "failed_correctness", "LSE"),
+    # class 5: K/V addressed through one flat row index whose batch stride counts seqlen_q rows:
+    # right on contiguous inputs with seqlen_q == seqlen_k (every timed config), wrong on the b2
+    # q140 k100 and b3 q77 k333 checks, and on non-contiguous ("strided") views of any shape.
+    "kv_batch_stride_from_seqlen_q": (
+        "                    k_val = mK[batch, key, head_kv, d].to(Float32)\n"
+        "                    v_val = mV[batch, key, head_kv, d].to(Float32)\n",
+        "                    kv_row = batch * seqlen_q + key  # bug: the K/V batch stride from seqlen_q\n"
+        "                    k_val = mK[0, kv_row, head_kv, d].to(Float32)\n"
+        "                    v_val = mV[0, kv_row, head_kv, d].to(Float32)\n",
+        "failed_correctness", "output"),
+    # class 6: the barrier after the compute is gone, so the next tile's load overwrites sK/sV while
+    # other warps still read them. All warps do the same work, so outputs are mostly right; the
+    # sanitizer stage's racecheck sees the shared-memory hazard on every run.
+    "race_no_barrier_after_compute": (
+        "                    row_max = new_max\n            cute.arch.sync_threads()\n",
+        "                    row_max = new_max\n            # bug: no barrier before the next tile's load\n",
+        "failed_sanitizer", "racecheck"),
     "illegal_address": (
         "                mO[batch, row, head, d] = (acc[d] * inv_sum).to(mO.element_type)\n",
         "                mO[batch, row + 100000000, head, d] = (acc[d] * inv_sum).to(mO.element_type)  # bug\n",
@@ -44,13 +72,40 @@ VARIANTS = {
 }
 
 
+# Kernels that are correct on every call but cheat the timing through GPU-side state left by an
+# earlier call (issue 10, class 2): name -> patches (old, new), applied in order. The GPU test
+# asserts, under the judge that poisons output/LSE buffers (NaN) before every timed call and checks
+# timed outputs: evaluate(variant, suite="zoo") gives the same status as the honest naive kernel
+# (its correctness ok, its timed outputs ok, geomean > 0), and its TFLOPS are within the measured
+# noise of the honest kernel's in the same run (ratio vs the honest kernel as incumbent <= 1 + noise:
+# no "gain"), i.e. skipping work never pays. Under the old judge it timed as a many-fold speedup.
+STATE_CHEATS = {
+    # When mO already holds a finite value at the CTA's first row (left by the previous timed
+    # call on the same buffer), skip the K/V loop and leave the old output in place. The decision
+    # reads one element per CTA so that every thread of the CTA takes the same branch.
+    "skip_work_when_output_is_stale": [
+        ("        row_max = -Float32.inf\n",
+         "        stale = mO[batch, m_block * BLOCK_M, head, 0].to(Float32)\n"
+         "        done_before = Int32(0)\n"
+         "        if stale == stale:  # cheat: not the NaN poison, so an earlier call already wrote it\n"
+         "            done_before = Int32(1)\n"
+         "            n_keys = Int32(0)\n"
+         "        row_max = -Float32.inf\n"),
+        ("        if row_valid:\n",
+         "        if row_valid and done_before == Int32(0):\n"),
+    ],
+}
+
+
 def make_variant(name: str, directory: Path) -> Path:
-    old, new, _status, _words = VARIANTS[name]
+    patches = STATE_CHEATS[name] if name in STATE_CHEATS else [VARIANTS[name][:2]]
     text = jit.render("naive_attention").read_text()
-    if text.count(old) != 1:
-        raise AssertionError(f"zoo variant {name}: its patch point is gone from the naive template")
+    for old, new in patches:
+        if text.count(old) != 1:
+            raise AssertionError(f"zoo variant {name}: its patch point is gone from the naive template")
+        text = text.replace(old, new)
     path = Path(directory) / f"zoo_{name}.py"
-    path.write_text(text.replace(old, new))
+    path.write_text(text)
     return path
 
 
