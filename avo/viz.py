@@ -4,7 +4,8 @@
   coloured by status and sized by geomean TFLOPS, the committed path drawn heavy; and
   trajectory.{png,svg}, geomean and per-config TFLOPS of each version on the committed path
   with FA4 and cuDNN as measured in the same benchmark runs (the nodes' `baselines`).
-- show: one row per node (id, parents, operator, status, geomean, ratio vs FA4, diagnosis).
+- show: one row per node (id, parents, operator, status, geomean, ratio vs FA4, the same-run ratio
+  to the incumbent that decided it, diagnosis), the incumbent marked, and what "best" means.
 - export: the graph as a Mermaid flowchart or as DOT, to render inside markdown or by graphviz.
 
 matplotlib is an optional dependency (`pip install -e ".[viz]"`), imported only to plot.
@@ -22,7 +23,7 @@ import networkx as nx
 
 from avo.lineage import STATUSES, Lineage, LineageError
 
-__all__ = ["PATH_COLOR", "STATUS_COLORS", "draw_lineage", "draw_trajectory", "generations", "main", "plot",
+__all__ = ["BEST", "PATH_COLOR", "STATUS_COLORS", "draw_lineage", "draw_trajectory", "generations", "main", "plot",
            "table", "to_dot", "to_mermaid"]
 
 STATUS_COLORS = {
@@ -78,19 +79,39 @@ def _path_edges(lineage: Lineage) -> set[tuple[str, str]]:
 # text
 
 
+BEST = ("best = the incumbent, the newest committed node: a node is committed only when its speed ratio to "
+        "the incumbent of its time, measured side by side in the same run, passes the commit rule; geomeans "
+        "from different runs drift and are not compared")
+
+
+def _ratio(c) -> str:
+    """The same-run ratio to the incumbent of its time that decided a node, with its 95% CI when known."""
+    ratio, ci = c.extra.get("ratio"), c.extra.get("ratio_ci")
+    if not ratio:
+        return "-"
+    return f"{ratio:.4f}" + (f"[{ci[0]:.4f},{ci[1]:.4f}]" if ci and len(ci) == 2 else "")
+
+
 def table(lineage: Lineage, width: int = 60) -> str:
-    """A fixed-width table, one row per node in creation order."""
-    rows = [("id", "parents", "operator", "status", "geomean", "vs FA4", "diagnosis")]
+    """A fixed-width table, one row per node in creation order (the incumbent marked `*`), then
+    what "best" means: the ratio column, not the geomeans of different runs, decided each commit."""
+    best = lineage.best()
+    rows = [("id", "parents", "operator", "status", "geomean", "vs FA4", "ratio", "diagnosis")]
     for c in lineage.nodes():
         fa4 = _baseline_geomean(c, "fa4")
         ratio = f"{c.geomean / fa4:.3f}" if fa4 and c.geomean else "-"
         diagnosis = " ".join(c.diagnosis.split())
         if len(diagnosis) > width:
             diagnosis = diagnosis[:width - 3] + "..."
-        rows.append((c.id, ",".join(c.parents) or "-", c.operator, c.status,
-                     f"{c.geomean:.1f}" if c.geomean else "-", ratio, diagnosis))
+        rows.append((c.id + ("*" if best and c.id == best.id else ""), ",".join(c.parents) or "-", c.operator,
+                     c.status, f"{c.geomean:.1f}" if c.geomean else "-", ratio, _ratio(c), diagnosis))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(f"{r[i]:<{w}}" for i, w in enumerate(widths)) + "  " + r[-1] for r in rows)
+    lines = ["  ".join(f"{r[i]:<{w}}" for i, w in enumerate(widths)) + "  " + r[-1] for r in rows]
+    lines.append("")
+    lines.append(f"* {BEST}." if best else "no committed node yet.")
+    lines.append("ratio: speed vs the incumbent of its time in the same run [95% CI]; geomean: TFLOPS of its "
+                 "own run; vs FA4: geomean over FA4's in that run.")
+    return "\n".join(lines)
 
 
 def _label(c) -> str:
@@ -155,47 +176,120 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def draw_lineage(lineage: Lineage):
+FAILED = ("failed_compile", "failed_correctness", "timeout", "crashed")
+MAX_WIDTH_IN = 40.0  # a figure wider than this is unreadable on a screen: nodes shrink instead
+LABEL_LIMIT = 60  # past this many drawn nodes only the committed ones carry a label
+
+
+def _statuses(names) -> set[str]:
+    """Status names, with `failed` standing for every failure status."""
+    out = set()
+    for name in names:
+        out |= set(FAILED) if name == "failed" else {name}
+    unknown = out - set(STATUSES)
+    if unknown:
+        raise LineageError(f"unknown status(es) {sorted(unknown)}; use {', '.join((*STATUSES, 'failed'))}")
+    return out
+
+
+def _view(lineage: Lineage, hide=(), fold: bool = False):
+    """(graph, nodes, folded counts) to draw: nodes of a `hide` status are dropped (committed ones
+    never), their children linked to the nearest shown ancestor; with `fold`, each shown node gets
+    one summary node per hidden status among the nodes hanging off it ("+12 screened")."""
+    import networkx as nx
+
+    hidden = {c.id for c in lineage.nodes() if c.status in hide and c.status != "committed"}
+    shown = [c for c in lineage.nodes() if c.id not in hidden]
+    anchor: dict[str, str | None] = {}  # hidden node -> nearest shown ancestor
+
+    def nearest(node_id):
+        if node_id not in hidden:
+            return node_id
+        if node_id not in anchor:
+            parents = list(lineage.graph.predecessors(node_id))
+            anchor[node_id] = nearest(parents[0]) if parents else None
+        return anchor[node_id]
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from(c.id for c in shown)
+    for c in shown:
+        for p in lineage.graph.predecessors(c.id):
+            a = nearest(p)
+            if a is not None and a != c.id:
+                graph.add_edge(a, c.id)
+    folded: dict[str, tuple[str, int]] = {}
+    if fold:
+        counts: dict[tuple[str, str], int] = {}
+        for h in sorted(hidden):
+            a = nearest(next(iter(lineage.graph.predecessors(h)), h)) if lineage.graph.in_degree(h) else None
+            key = (a or "root", lineage.get(h).status)
+            counts[key] = counts.get(key, 0) + 1
+        for (a, status), n in sorted(counts.items()):
+            fid = f"+{n} {status} <- {a}"
+            folded[fid] = (status, n)
+            graph.add_node(fid)
+            if a != "root":
+                graph.add_edge(a, fid)
+    return graph, shown, folded
+
+
+def draw_lineage(lineage: Lineage, hide=(), fold: bool = False):
     """The graph by generation (top to bottom), a matplotlib Figure. Node area grows with geomean
-    TFLOPS, the label gives it; the committed path has heavy blue edges and outlined nodes."""
-    graph = lineage.graph
-    if graph.number_of_nodes() == 0:
+    TFLOPS, the label gives it; the committed path has heavy blue edges and outlined nodes.
+    `hide` drops nodes of those statuses ("failed" = every failure), `fold` shows them as one
+    counted node per parent and status. Past MAX_WIDTH_IN the figure stops growing and nodes
+    shrink; past LABEL_LIMIT nodes only committed ones are labelled, so 500 nodes stay legible."""
+    if lineage.graph.number_of_nodes() == 0:
         raise LineageError(f"the lineage at {lineage.root} has no nodes to draw")
+    hide = _statuses(hide)
+    graph, nodes, folded = _view(lineage, hide, fold)
     depth = generations(graph)
-    order = [c.id for c in lineage.nodes()]  # creation order within a generation
+    order = [c.id for c in nodes] + list(folded)  # creation order within a generation, folds last
     layers: dict[int, list[str]] = {}
     for n in order:
         layers.setdefault(depth[n], []).append(n)
     pos = nx.multipartite_layout(graph, subset_key=layers, align="horizontal")
     pos = {n: (x, -y) for n, (x, y) in pos.items()}  # generation 0 on top
 
-    widest = max(list(depth.values()).count(g) for g in set(depth.values()))
-    fig = _figure(max(6.0, 1.6 * widest), max(4.0, 1.3 * (max(depth.values()) + 1)))
+    widest = max(len(layer) for layer in layers.values())
+    width = min(MAX_WIDTH_IN, max(6.0, 1.6 * widest))
+    shrink = min(1.0, width / (1.6 * widest))  # node area scales with the room each one gets
+    fig = _figure(width, max(4.0, 1.3 * (max(depth.values()) + 1)))
     from matplotlib.lines import Line2D
 
     ax = fig.add_subplot()
-    nodes = lineage.nodes()
     top = max((c.geomean for c in nodes), default=0.0) or 1.0
     path = _path_edges(lineage)
     on_path = {c.id for c in lineage.committed_path()}
-    sizes = [500 + 1500 * c.geomean / top for c in nodes]
-    nx.draw_networkx_edges(graph, pos, ax=ax, edgelist=list(graph.edges), arrows=True, arrowstyle="-|>",
+    sizes = [shrink * (500 + 1500 * c.geomean / top) for c in nodes] + [shrink * 300] * len(folded)
+    colors = [_color(c.status) for c in nodes] + [_color(status) for status, _ in folded.values()]
+    edges = list(graph.edges)
+    nx.draw_networkx_edges(graph, pos, ax=ax, edgelist=edges, arrows=True, arrowstyle="-|>",
                            nodelist=order, node_size=sizes,
-                           edge_color=[PATH_COLOR if e in path else EDGE_COLOR for e in graph.edges],
-                           width=[3.0 if e in path else 1.0 for e in graph.edges])
-    nx.draw_networkx_nodes(graph, pos, ax=ax, nodelist=order, node_size=sizes,
-                           node_color=[_color(c.status) for c in nodes],
-                           edgecolors=[PATH_COLOR if c.id in on_path else "#404040" for c in nodes],
-                           linewidths=[2.5 if c.id in on_path else 0.5 for c in nodes])
-    labels = {c.id: c.id + (f"\n{c.geomean:.0f}" if c.geomean else "") for c in nodes}
-    nx.draw_networkx_labels(graph, pos, labels=labels, ax=ax, font_size=7)
-    present = [s for s in STATUSES if any(c.status == s for c in nodes)]
+                           edge_color=[PATH_COLOR if e in path else EDGE_COLOR for e in edges],
+                           width=[3.0 if e in path else 1.0 for e in edges])
+    nx.draw_networkx_nodes(graph, pos, ax=ax, nodelist=order, node_size=sizes, node_color=colors,
+                           node_shape="o",
+                           edgecolors=[PATH_COLOR if n in on_path else "#404040" for n in order],
+                           linewidths=[2.5 if n in on_path else 0.5 for n in order])
+    labelled = [c for c in nodes if len(order) <= LABEL_LIMIT or c.status == "committed"]
+    labels = {c.id: c.id + (f"\n{c.geomean:.0f}" if c.geomean else "") for c in labelled}
+    labels.update({f: f"+{n}" for f, (_, n) in folded.items()})
+    nx.draw_networkx_labels(graph, pos, labels=labels, ax=ax, font_size=7 if len(order) <= LABEL_LIMIT else 5)
+    present = [s for s in STATUSES if any(c.status == s for c in nodes) or any(f[0] == s for f in folded.values())]
     handles = [Line2D([], [], marker="o", linestyle="", markersize=8, color=_color(s), label=s)
                for s in present]
     handles.append(Line2D([], [], color=PATH_COLOR, linewidth=3, label="committed path"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    fig.suptitle(f"lineage: {len(nodes)} candidates, {len(on_path)} on the committed path "
-                 "(label: geomean TFLOPS)", fontsize=10)
+    best = lineage.best()
+    hidden_note = ""
+    if hide:
+        count = len(lineage) - len(nodes)
+        hidden_note = f"; {count} {'/'.join(sorted(hide))} {'folded' if fold else 'hidden'}"
+    fig.suptitle(f"lineage: {len(lineage)} candidates, {len(on_path)} on the committed path{hidden_note} "
+                 f"(label: geomean TFLOPS of its own run)\n"
+                 + (f"best = {best.id}: the newest committed node; each commit passed a same-run speed ratio "
+                    "to the incumbent of its time" if best else "nothing committed yet"), fontsize=9)
     ax.margins(0.12)
     ax.set_axis_off()
     return fig
@@ -211,6 +305,10 @@ def draw_trajectory(lineage: Lineage):
     fig = _figure(max(8.0, 0.9 * len(path) + 6), 4.0)
     ax_geo, ax_cfg = fig.subplots(1, 2)
     ax_geo.plot(x, [c.geomean for c in path], marker="o", color="black", linewidth=2, label="avo")
+    for i, c in enumerate(path):  # what decided the commit: the same-run ratio, not the geomean
+        if c.extra.get("ratio"):
+            ax_geo.annotate(f"{c.extra['ratio']:.3f}x", (i, c.geomean), textcoords="offset points", xytext=(0, 6),
+                            ha="center", fontsize=7)
     for name, (label, style) in BASELINES.items():
         ys = [_baseline_geomean(c, name) or math.nan for c in path]
         if any(not math.isnan(y) for y in ys):
@@ -236,15 +334,18 @@ def draw_trajectory(lineage: Lineage):
                                                     for label, style in BASELINES.values()) + " (same run)",
                 transform=ax_cfg.transAxes, fontsize=7, va="bottom")
     archs = sorted({c.arch for c in path if c.arch})
-    fig.suptitle("committed versions" + (f" ({', '.join(archs)})" if archs else ""), fontsize=11)
+    fig.suptitle("committed versions" + (f" ({', '.join(archs)})" if archs else "")
+                 + f"; best = {path[-1].id}, the newest; Nx = its same-run speed ratio to the incumbent before it",
+                 fontsize=10)
     return fig
 
 
-def plot(lineage: Lineage, out_dir: str | Path) -> list[Path]:
-    """Write lineage.{png,svg} and, when something is committed, trajectory.{png,svg}."""
+def plot(lineage: Lineage, out_dir: str | Path, hide=(), fold: bool = False) -> list[Path]:
+    """Write lineage.{png,svg} (nodes of `hide` statuses dropped or, with `fold`, counted) and, when
+    something is committed, trajectory.{png,svg}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = {"lineage": draw_lineage(lineage)}
+    figures = {"lineage": draw_lineage(lineage, hide, fold)}
     if lineage.committed_path():
         figures["trajectory"] = draw_trajectory(lineage)
     written = []
@@ -266,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     p_plot = sub.add_parser("plot", help="write lineage.{png,svg} and trajectory.{png,svg}")
     p_plot.add_argument("--out", default=None, help="output directory (default: the archive directory)")
+    p_plot.add_argument("--hide", default="", metavar="STATUSES",
+                        help="comma-separated statuses not to draw, e.g. screened,failed (failed: every failure)")
+    p_plot.add_argument("--fold", action="store_true",
+                        help="draw the --hide statuses as one counted node per parent instead of dropping them")
     sub.add_parser("show", help="print one row per node")
     p_export = sub.add_parser("export", help="the graph as Mermaid or DOT")
     p_export.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
@@ -281,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "show":
             print(table(lineage))
         elif args.command == "plot":
-            for path in plot(lineage, args.out or args.archive):
+            hide = [h.strip() for h in args.hide.split(",") if h.strip()]
+            for path in plot(lineage, args.out or args.archive, hide, args.fold):
                 print(path)
         else:
             text = to_mermaid(lineage) if args.format == "mermaid" else to_dot(lineage)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from avo import viz
-from avo.lineage import Candidate, Lineage
+from avo.lineage import Candidate, Lineage, LineageError
 
 REPO = Path(__file__).resolve().parent.parent
 FA4 = {"mha_s4k": 400.0, "gqa_s8k": 500.0}
@@ -124,15 +124,85 @@ def test_mermaid_export_has_one_line_per_node_and_edge(lineage):
     assert 'v0005["v0005 agent 402 TFLOPS"]:::committed' in text
 
 
-def test_table_has_ratio_vs_fa4_and_truncated_diagnosis(lineage):
+def test_table_has_ratio_vs_fa4_same_run_ratio_best_and_truncated_diagnosis(lineage):
+    lineage.update("v0005", extra={"ratio": 1.0213, "ratio_ci": [1.0101, 1.0330]})
+    lineage.update("v0002", extra={"ratio": 1.004})
     lines = viz.table(lineage).splitlines()
-    assert lines[0].split() == ["id", "parents", "operator", "status", "geomean", "vs", "FA4", "diagnosis"]
-    assert [line.split()[0] for line in lines[1:]] == list(NODES)
-    row = dict(zip(NODES, lines[1:], strict=True))
+    assert lines[0].split() == ["id", "parents", "operator", "status", "geomean", "vs", "FA4", "ratio", "diagnosis"]
+    rows = lines[1:1 + len(NODES)]
+    assert [line.split()[0] for line in rows] == [n + ("*" if n == "v0005" else "") for n in NODES]
+    row = dict(zip(NODES, rows, strict=True))
     ratio = _geomean([360.0, 450.0]) / _geomean(list(FA4.values()))
-    assert row["v0005"].split()[:6] == ["v0005", "v0002", "agent", "committed", "402.5", f"{ratio:.3f}"]
-    assert row["v0006"].split()[1] == "v0005,v0004" and row["v0006"].split()[4:6] == ["-", "-"]
+    assert row["v0005"].split()[:7] == ["v0005*", "v0002", "agent", "committed", "402.5", f"{ratio:.3f}",
+                                        "1.0213[1.0101,1.0330]"]
+    assert row["v0002"].split()[6] == "1.0040"  # no interval recorded: the ratio alone
+    assert row["v0006"].split()[1] == "v0005,v0004" and row["v0006"].split()[4:7] == ["-", "-", "-"]
     assert row["v0003"].endswith("x" * 57 + "...")
+    assert lines[-2] == f"* {viz.BEST}." and "newest committed node" in viz.BEST
+
+
+def _big_lineage(root, n=500):
+    """A 500-node run as compile-only knob searches make them: mostly screened and failed children
+    of a few committed nodes, some screened nodes with children of their own."""
+    lineage = Lineage.load(root)
+    statuses = ["screened"] * 6 + ["failed_compile", "timeout", "rejected", "committed"]
+    committed = ["v0000"]
+    lineage.graph.add_node("v0000", **_node_attrs("committed", 300.0, 0))
+    for i in range(1, n):
+        status = statuses[i % len(statuses)]
+        parent = committed[-1] if i % 7 else f"v{i - 1:04d}"
+        node_id = f"v{i:04d}"
+        lineage.graph.add_node(node_id, **_node_attrs(status, 300.0 + i / 10 if status in ("committed", "rejected")
+                                                      else 0.0, i))
+        lineage.graph.add_edge(parent, node_id)
+        if status == "committed":
+            committed.append(node_id)
+    return lineage
+
+
+def _node_attrs(status, geomean, i):
+    from dataclasses import asdict
+
+    attrs = asdict(Candidate(id="x", status=status, geomean=geomean, created=1000.0 + i, arch="sm_90a",
+                             source_path=f"sources/v{i:04d}.py"))
+    del attrs["id"]
+    return attrs
+
+
+def test_500_nodes_stay_readable_and_fold(tmp_path):
+    from matplotlib.collections import PathCollection
+
+    lineage = _big_lineage(tmp_path / "big")
+    fig = viz.draw_lineage(lineage)
+    width, _ = fig.get_size_inches()
+    assert width <= viz.MAX_WIDTH_IN
+    ax = fig.axes[0]
+    committed = {c.id for c in lineage.nodes("committed")}
+    texts = {t.get_text().split("\n")[0] for t in ax.texts}
+    assert texts == committed  # past LABEL_LIMIT only committed nodes are named: no spilled labels
+    (drawn,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(drawn.get_offsets()) == 500
+
+    hidden = viz.draw_lineage(lineage, hide=["screened", "failed"]).axes[0]
+    (drawn,) = [c for c in hidden.collections if isinstance(c, PathCollection)]
+    kept = [c for c in lineage.nodes() if c.status in ("committed", "rejected")]
+    assert len(drawn.get_offsets()) == len(kept) and len(kept) < 120
+
+    folded_fig = viz.draw_lineage(lineage, hide=["screened", "failed"], fold=True)
+    (drawn,) = [c for c in folded_fig.axes[0].collections if isinstance(c, PathCollection)]
+    counts = [int(t.get_text()[1:]) for t in folded_fig.axes[0].texts if t.get_text().startswith("+")]
+    assert sum(counts) == 500 - len(kept) and len(drawn.get_offsets()) == len(kept) + len(counts) < 300
+    title = folded_fig._suptitle.get_text()
+    assert f"{500 - len(kept)} crashed/failed_compile/failed_correctness/screened/timeout folded" in title
+
+
+def test_hidden_nodes_children_hang_off_the_nearest_shown_ancestor(lineage):
+    lineage.add(Candidate(id="v0008", parents=["v0007"], operator="agent", status="rejected", created=2000.0))
+    graph, shown, folded = viz._view(lineage, viz._statuses(["failed"]))
+    assert "v0007" not in graph and graph.has_edge("v0005", "v0008")  # v0007 crashed: hidden
+    assert "v0006" not in graph and not folded
+    with pytest.raises(LineageError, match="unknown status"):
+        viz._statuses(["great"])
 
 
 def test_cli_dispatches_from_avo_lineage(lineage, tmp_path, capsys):
@@ -141,6 +211,8 @@ def test_cli_dispatches_from_avo_lineage(lineage, tmp_path, capsys):
     assert (tmp_path / "x" / "lineage.dot").read_text() == viz.to_dot(lineage)
     assert viz.main(["--archive", archive, "plot", "--out", str(tmp_path / "p")]) == 0
     assert len(list((tmp_path / "p").iterdir())) == 4
+    assert viz.main(["--archive", archive, "plot", "--hide", "failed", "--fold", "--out", str(tmp_path / "q")]) == 0
+    assert len(list((tmp_path / "q").iterdir())) == 4
     assert viz.main(["--archive", str(tmp_path / "nothing"), "show"]) == 1
     expected = f"error: no lineage at {tmp_path / 'nothing'} (no lineage.json, or no nodes in it)"
     assert capsys.readouterr().err.strip() == expected
