@@ -9,8 +9,9 @@ them), then times, in order: `import avo` with its op module, the first call (ch
 load it from the disk cache, launch, synchronize) and a second call. A second set of children
 first calls a throwaway torch custom op, paying torch's one-time lazy imports for custom ops
 (any custom op pays them once per process), to split that from avo's own first-call cost. Each
-child asserts nothing was compiled and reports whether the CuTe DSL got imported. Prints one
-JSON line of medians in milliseconds.
+child asserts nothing was compiled and reports whether the CuTe DSL and torch._dynamo got
+imported. Prints one JSON line of medians in milliseconds. On a machine without an sm_90a GPU it
+says so in one line (exit 2) unless `--cpu`.
 
 Without a GPU (`--cpu`) only what can run here is timed, for the sm_90a kernel compiled here:
 loading kernel.so through tvm_ffi (what avo.jit does), then `import cutlass.cute` plus
@@ -41,7 +42,7 @@ def child(args) -> dict:
         from avo import jit
 
         t0 = time.perf_counter()
-        jit._load_callable(Path(args.object))  # kernel.so through tvm_ffi when it was linked
+        jit.load_callable(Path(args.object))  # kernel.so through tvm_ffi when it was linked
         t1 = time.perf_counter()
         import cutlass.cute as cute
 
@@ -86,6 +87,8 @@ def child(args) -> dict:
     assert stats["compiles"] == 0, f"the kernel was compiled in the measured process: {stats}"
     # 1 when the CuTe DSL got imported (kernel.o loaded through it), 0 when tvm_ffi loaded kernel.so
     times["dsl_imported"] = int("cutlass.cute" in sys.modules)
+    # 1 when torch._dynamo got imported: custom_op's first call did (seconds); Library ops must not
+    times["dynamo_imported"] = int("torch._dynamo" in sys.modules)
     return times
 
 
@@ -107,7 +110,7 @@ def run_child(argv: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("--head-dim", type=int, default=128)
@@ -125,11 +128,19 @@ def main() -> None:
     args = ap.parse_args()
     if args.warm:
         print(json.dumps({"artifact_dir": warm(args)}))
-        return
+        return 0
     if args.child:
         print(json.dumps(child(args)))
-        return
+        return 0
 
+    if not args.cpu:
+        from avo import jit
+
+        arch = jit.current_arch()
+        if arch != "sm_90a":  # expected on a laptop or CI: one line, no traceback
+            print(f"bench/first_call.py: no sm_90a GPU here ({arch or 'no CUDA GPU'}); the first call is timed on "
+                  "an H100/H200. On this machine --cpu times loading the compiled kernel.", file=sys.stderr)
+            return 2
     base = [f"--dtype={args.dtype}", f"--head-dim={args.head_dim}", f"--gqa={args.gqa}"]
     base += ["--causal"] * args.causal + ["--cpu"] * args.cpu
     base += [f"--node={args.node}"] * bool(args.node) + [f"--archive={args.archive}"] * bool(args.archive)
@@ -147,6 +158,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             f.write(line + "\n")
+    return 0
 
 
 def _device_name() -> str:
@@ -156,4 +168,4 @@ def _device_name() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

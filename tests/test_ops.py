@@ -562,3 +562,11 @@ def test_varlen_matches_the_reference_per_sequence(causal):
             continue
         _assert_matches_reference(out[rows][None].detach(), lse[:, rows][None], q[rows][None].detach(),
                                   k[cols][None].detach(), v[cols][None].detach(), causal, 1 / math.sqrt(128))
+
+
+@pytest.mark.skipif(jit.current_arch() == "sm_90a", reason="on an sm_90a GPU it measures")
+def test_first_call_bench_without_the_gpu_is_one_line():
+    proc = subprocess.run([sys.executable, "bench/first_call.py"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("bench/first_call.py: no sm_90a GPU here (")
