@@ -12,6 +12,7 @@ Failures are `CompileError`s carrying the stage, the DSL's message and the gener
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -21,17 +22,19 @@ import json
 import os
 import re
 import shutil
+import signal
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 
+from avo import hostobj, sandbox
 from avo.atomic import atomic_write, file_lock
 from avo.cubin import read_resources
 from avo.spec import AttentionSpec
@@ -46,8 +49,10 @@ __all__ = [
     "compile_kernel",
     "compile_stats",
     "current_arch",
+    "compile_many",
     "implementable",
     "knob_space",
+    "load_callable",
     "load_knobs",
     "render",
     "source_hash",
@@ -57,7 +62,7 @@ REPO = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = REPO / "dsl_templates"
 GENERATED_DIR = REPO / "generated"
 ARCHS = ("sm_90a", "sm_100a")
-_ENTRY = "KERNEL"
+COMPILE_TIMEOUT_S = 900.0  # one build process, all the specializations it compiles
 _TEMPLATE_FILE = "template.py.j2"  # each dsl_templates/<family>/ holds this and knobs.py
 
 # Compiles done by this process (cache hits do not count): tests count, never time.
@@ -180,58 +185,89 @@ def current_arch() -> str | None:
 
 
 def compile_kernel(source: str | Path, spec: AttentionSpec, arch: str | None = None,
-                   run: bool | None = None) -> CompiledKernel:
+                   run: bool | None = None, trusted: bool = False) -> CompiledKernel:
     """Compile (or load from cache) the kernel module at `source` for `spec` on `arch`.
 
     arch defaults to the visible GPU's, else sm_90a. run=None means: callable when arch matches
-    the visible GPU; run=True demands it; run=False never loads onto the GPU."""
+    the visible GPU; run=True demands it; run=False never loads onto the GPU. The compile runs in
+    the sandbox (avo.sandbox); trusted=True (the repository's templates, committed archive nodes)
+    lets it run unconfined where no sandbox can be started."""
+    arch = arch or current_arch() or "sm_90a"
+    result = compile_many(source, [spec], (arch,), run=run, trusted=trusted)[(spec, arch)]
+    if isinstance(result, CompileError):
+        raise result
+    return result
+
+
+def compile_many(source: str | Path, specs, archs, run: bool | None = None, trusted: bool = False,
+                 timeout_s: float = COMPILE_TIMEOUT_S) -> dict:
+    """{(spec, arch): CompiledKernel or CompileError} for every pair: from this process's memory,
+    the disk cache, or else one sandboxed build process for all the missing pairs (the DSL import
+    is paid once). Errors of the whole build (no sandbox, timeout, a crash) are raised."""
     source = Path(source).resolve()
     gpu_arch = current_arch()
-    arch = arch or gpu_arch or "sm_90a"
-    if arch not in ARCHS:
-        raise CompileError("contract", f"arch {arch!r} not supported: use one of {', '.join(ARCHS)}")
-    if run is None:
-        run = arch == gpu_arch
-    elif run and arch != gpu_arch:
-        raise CompileError("contract", f"run mode needs a {arch} GPU; this machine has {gpu_arch or 'no GPU'}")
     try:
         text = source.read_text()
     except OSError as exc:
         raise CompileError("import", f"cannot read kernel source: {exc}", str(source)) from None
+    pairs = [(spec, arch) for arch in archs for spec in specs]
+    for _spec, arch in pairs:
+        if arch not in ARCHS:
+            raise CompileError("contract", f"arch {arch!r} not supported: use one of {', '.join(ARCHS)}")
+        if run and arch != gpu_arch:
+            raise CompileError("contract", f"run mode needs a {arch} GPU; this machine has {gpu_arch or 'no GPU'}")
+    keys = {pair: _cache_key(text, *pair) for pair in pairs}
+    missing = [pair for pair in pairs if f"{keys[pair]}:{int(_runs(run, pair[1], gpu_arch))}" not in _memory_cache
+               and not (cache_dir() / keys[pair] / "meta.json").exists()]
+    built = set()
+    if missing:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as locks:
+            for key in sorted({keys[p] for p in missing}):  # one global order: no deadlock between processes
+                locks.enter_context(file_lock(cache_dir() / f"{key}.lock"))
+            todo = [p for p in dict.fromkeys(missing) if not (cache_dir() / keys[p] / "meta.json").exists()]
+            if todo:
+                _build(source, [(keys[p], *p) for p in todo], trusted, timeout_s)
+                built = {keys[p] for p in todo}
+    results = {}
+    for pair in pairs:
+        results[pair] = _load_entry(source, keys[pair], *pair, run=_runs(run, pair[1], gpu_arch),
+                                    fresh=keys[pair] in built)
+    return results
 
-    key = _cache_key(text, spec, arch)
+
+def _runs(run: bool | None, arch: str, gpu_arch: str | None) -> bool:
+    return (arch == gpu_arch) if run is None else run
+
+
+def _load_entry(source: Path, key: str, spec: AttentionSpec, arch: str, run: bool, fresh: bool):
     mem_key = f"{key}:{int(run)}"
     if mem_key in _memory_cache:
         _stats["memory_hits"] += 1
         return _memory_cache[mem_key]
-
     entry = cache_dir() / key
-    from_cache = (entry / "meta.json").exists()
-    if not from_cache:
-        with file_lock(cache_dir() / f"{key}.lock"):
-            from_cache = (entry / "meta.json").exists()  # another process may have finished it
-            if not from_cache:
-                _compile_into(entry, source, text, spec, arch)
-    if from_cache:
-        _stats["disk_hits"] += 1
     meta = json.loads((entry / "meta.json").read_text())
+    if not fresh:
+        _stats["disk_hits"] += 1
     if meta.get("error"):
-        raise CompileError(**{k: meta["error"][k] for k in ("stage", "message", "file", "line", "details")})
+        return CompileError(**{k: meta["error"].get(k) for k in ("stage", "message", "file", "line", "details")})
     kernel = CompiledKernel(key=key, arch=arch, spec=spec, source=source, artifact_dir=entry,
-                            report=meta["report"], from_cache=from_cache)
+                            report=meta["report"], from_cache=not fresh)
     if run:
-        kernel.fn = _load_callable(entry)
+        kernel.fn = load_callable(entry)
     _memory_cache[mem_key] = kernel
     return kernel
 
 
 def implementable(source: str | Path, specs) -> tuple[bool, str]:
-    """Ask the kernel module's own can_implement for each spec, without compiling."""
-    source = Path(source).resolve()
-    module = _import_kernel_module(source)
-    kernel_cls = getattr(module, _ENTRY, None)
+    """Ask a template's own can_implement for each spec, without compiling. Imports the module in
+    this process: for the repository's rendered templates only, never for a candidate."""
+    from avo.build import ENTRY, import_kernel_module
+
+    module = import_kernel_module(Path(source).resolve())
+    kernel_cls = getattr(module, ENTRY, None)
     if kernel_cls is None:
-        return False, f"module defines no {_ENTRY}"
+        return False, f"module defines no {ENTRY}"
     for spec in specs:
         ok, reason = kernel_cls.can_implement(spec)
         if not ok:
@@ -247,142 +283,139 @@ def _cache_key(text: str, spec: AttentionSpec, arch: str) -> str:
     return f"{spec.key()}_{arch}_{source_hash(blob)[:20]}"
 
 
-def _compile_into(entry: Path, source: Path, text: str, spec: AttentionSpec, arch: str) -> None:
-    """Compile and publish the cache entry atomically (temp dir + rename). Deterministic failures
-    (contract, unsupported, compile errors) are cached too, so a bad candidate fails fast."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
-    meta = {"source": str(source), "spec": spec.as_dict(), "arch": arch, "created": time.time()}
+def _build(source: Path, jobs: list[tuple[str, AttentionSpec, str]], trusted: bool, timeout_s: float) -> None:
+    """Compile `jobs` [(key, spec, arch)] in sandboxed processes (avo.build; several at once on a
+    machine with cores to spare), then check and publish each cache entry. Only the files named in
+    _ARTIFACTS are taken from a sandbox's output; the report is read from the cubin here, not from
+    anything the sandbox says."""
+    ok, why = sandbox.available()
+    if not ok and not trusted and sandbox.required():
+        raise CompileError("sandbox", f"no sandbox here ({why}): refusing to run a candidate's Python "
+                           "unconfined; set AVO_SANDBOX=off to allow it for code you trust")
+    # each process pays the DSL import (~2 s) once; two cores per compile keep the machine responsive
+    groups = max(1, min(len(jobs), (os.cpu_count() or 2) // 2, 8))
+    staging = [Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir())) for _ in range(groups)]
+    procs = []
     try:
-        meta["report"] = _compile_artifacts(tmp, source, spec, arch)
+        for i, stage in enumerate(staging):
+            mine = jobs[i::groups]
+            (stage / "home").mkdir()
+            task = {"source": str(source), "jobs": [{"spec": s.as_dict(), "arch": a, "dir": k} for k, s, a in mine]}
+            (stage / "task.json").write_text(json.dumps(task))
+            argv = [sys.executable, "-m", "avo.build", str(stage / "task.json")]
+            if ok:
+                argv = sandbox.command(argv, writable=[stage])
+            pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+            env = sandbox.environment(stage / "home", {"PYTHONPATH": pythonpath, "CUDA_VISIBLE_DEVICES": ""})
+            with open(stage / "build.log", "wb") as log:
+                procs.append(subprocess.Popen(argv, cwd=stage, env=env, stdout=log, stderr=log,
+                                              start_new_session=True, preexec_fn=sandbox.limits()))
+        deadline = time.monotonic() + timeout_s
+        try:
+            for proc in procs:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except BaseException as exc:  # a timeout, or the caller interrupted: nothing may outlive it
+            for proc in procs:
+                _kill_group(proc)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise CompileError("compile", f"the compile did not finish within {timeout_s:.0f} s",
+                                   str(source)) from None
+            raise
+        for i, (stage, proc) in enumerate(zip(staging, procs, strict=True)):
+            tail = (stage / "build.log").read_bytes()[-4000:].decode(errors="replace")
+            for key, spec, arch in jobs[i::groups]:
+                _publish(stage / key, cache_dir() / key, source, spec, arch, proc.returncode, tail)
+    finally:
+        for stage in staging:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+_ARTIFACTS = ("kernel.o", "kernel.ptx", "kernel.cubin")
+_MAX_ARTIFACT_BYTES = 256 << 20
+
+
+def _publish(out: Path, entry: Path, source: Path, spec: AttentionSpec, arch: str, returncode: int,
+             log_tail: str) -> None:
+    """Turn one job's sandbox output into a cache entry (atomically). Deterministic failures
+    (contract, unsupported, compile errors, a refused object) are cached so a bad candidate fails
+    fast; a build process that died without a verdict for the job is raised, not cached."""
+    files = {name: out / name for name in (*_ARTIFACTS, "build.json", "error.json") if _regular_file(out / name)}
+    complete = all(name in files for name in (*_ARTIFACTS, "build.json"))
+    if "error.json" not in files and not complete:
+        last = next((ln for ln in reversed(log_tail.splitlines()) if ln.strip()), "")
+        raise CompileError("compile", f"the compile process (exit {returncode}) left no result for "
+                           f"{spec.key()} on {arch}: {last[:300]}", str(source))
+    meta = {"source": str(source), "spec": spec.as_dict(), "arch": arch, "created": time.time()}
+    clean = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        if "error.json" in files:
+            raise _untrusted_error(files["error.json"], source)
+        for name in _ARTIFACTS:
+            shutil.copyfile(files[name], clean / name)
+        meta["report"] = _report(clean, json.loads(files["build.json"].read_text()[:100000]), source)
         _stats["compiles"] += 1
     except CompileError as exc:
         meta["error"] = exc.as_dict()
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        for name in (*_ARTIFACTS, "kernel.so"):
+            (clean / name).unlink(missing_ok=True)
+    (clean / "meta.json").write_text(json.dumps(meta, indent=1))
     try:
-        os.rename(tmp, entry)
+        os.rename(clean, entry)
     except OSError:  # already published by someone who did not hold the lock (stale lock file)
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(clean, ignore_errors=True)
 
 
-def _compile_artifacts(out: Path, source: Path, spec: AttentionSpec, arch: str) -> dict:
-    module = _import_kernel_module(source)
-    kernel_cls = getattr(module, _ENTRY, None)
-    if kernel_cls is None:
-        raise CompileError("contract", f"module defines no {_ENTRY} (the kernel class)", str(source))
+def _untrusted_error(path: Path, source: Path) -> CompileError:
+    """The build's CompileError, re-made field by field: it is data from the sandbox, never code."""
     try:
-        ok, reason = kernel_cls.can_implement(spec)
-    except Exception as exc:
-        raise _error_from_exception("contract", exc, source) from None
-    if not ok:
-        raise CompileError("unsupported", f"can_implement rejected {spec.key()}: {reason}", str(source))
+        raw = json.loads(path.read_text()[:20000])
+    except (ValueError, UnicodeDecodeError):
+        raw = {}
+    raw = raw if isinstance(raw, dict) else {}
+    line = raw.get("line")
+    return CompileError(str(raw.get("stage", "compile"))[:40], str(raw.get("message", "unreadable error"))[:2000],
+                        str(source), line if isinstance(line, int) else None, str(raw.get("details", ""))[-8000:])
 
-    import cutlass.cute as cute
 
-    dump = out / "dump"
-    dump.mkdir()
-    options = f"--enable-tvm-ffi --gpu-arch {arch} --keep-ptx --keep-cubin --dump-dir {dump}"
-    started = time.perf_counter()
+def _regular_file(path: Path) -> bool:
+    """A plain file of sane size (never a link the sandbox planted to make us read elsewhere)."""
     try:
-        kernel = kernel_cls(spec)
-        with _recording_launches() as launches:
-            compiled = cute.compile(kernel, *_fake_attention_args(spec), options=options)
-        compiled.export_to_c(object_file_path=str(out / "kernel.o"), function_name="avo_kernel")
-    except Exception as exc:
-        raise _error_from_exception("compile", exc, source) from None
-    seconds = time.perf_counter() - started
-    linked = _link_shared_library(out)
-    for suffix in ("ptx", "cubin"):
-        found = sorted(dump.glob(f"*.{suffix}"))
-        if found:
-            shutil.move(str(found[-1]), out / f"kernel.{suffix}")
-    shutil.rmtree(dump, ignore_errors=True)
-    if not (out / "kernel.cubin").exists():
-        raise CompileError("compile", "the DSL produced no cubin", str(source))
-    report = read_resources(out / "kernel.cubin")
-    report.update(_ptx_facts(out / "kernel.ptx"))
-    report["launches"] = launches
-    if launches and all(isinstance(x["smem"], int) for x in launches):
-        report["dynamic_smem_bytes"] = max(x["smem"] for x in launches)
-    report["compile_seconds"] = round(seconds, 3)
-    report["shared_library"] = linked
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size <= _MAX_ARTIFACT_BYTES
+
+
+def _report(entry: Path, facts: dict, source: Path) -> dict:
+    """Resources read here from the cubin and PTX; from the build only its timing and the traced
+    launches (informational). The object is checked before it is linked."""
+    try:
+        note = hostobj.check_object(entry / "kernel.o")
+    except hostobj.ObjectRejected as exc:
+        raise CompileError("artifact", f"the compiled object was refused: {exc}", str(source)) from None
+    try:
+        report = read_resources(entry / "kernel.cubin")
+    except (ValueError, struct.error, IndexError) as exc:
+        raise CompileError("artifact", f"unreadable cubin: {exc}", str(source)) from None
+    report.update(_ptx_facts(entry / "kernel.ptx"))
+    seconds = facts.get("compile_seconds")
+    report["compile_seconds"] = round(float(seconds), 3) if isinstance(seconds, int | float) else None
+    launches = [x for x in facts.get("launches", []) if isinstance(x, dict)][:16]
+    report["launches"] = [{"smem": x.get("smem") if isinstance(x.get("smem"), int) else None,
+                           "block": [b for b in (x.get("block") or []) if isinstance(b, int)][:3]} for x in launches]
+    if report["launches"] and all(isinstance(x["smem"], int) for x in report["launches"]):
+        report["dynamic_smem_bytes"] = max(x["smem"] for x in report["launches"])
+    report["object_check"] = note or "passed"
+    report["shared_library"] = _link_shared_library(entry)
     return report
 
 
-@contextmanager
-def _recording_launches():
-    """Record each kernel launch traced during a compile (block size and dynamic shared memory,
-    which live in the host code, not in the cubin)."""
-    from cutlass.cutlass_dsl.cutlass import KernelLauncher
-
-    launches: list[dict] = []
-    original = KernelLauncher.launch
-
-    def launch(self, *args, **kwargs):
-        smem, block = kwargs.get("smem"), kwargs.get("block")
-        launches.append({"smem": smem if isinstance(smem, int) else None,
-                         "block": [b for b in block if isinstance(b, int)] if block else None})
-        return original(self, *args, **kwargs)
-
-    KernelLauncher.launch = launch
+def _kill_group(proc: subprocess.Popen) -> None:
     try:
-        yield launches
-    finally:
-        KernelLauncher.launch = original
-
-
-def _fake_attention_args(spec: AttentionSpec):
-    """Symbolic arguments: batch, seqlens and heads dynamic; strides dynamic but 16-byte aligned
-    (what TMA needs), last dim contiguous."""
-    import cutlass
-    import cutlass.cute as cute
-
-    d = spec.head_dim
-    batch, seqlen_q, seqlen_k, heads_q, heads_kv = (cute.sym_int() for _ in range(5))
-
-    def bshd(seqlen, heads):
-        strides = tuple(cute.sym_int(64, divisibility=8) for _ in range(3)) + (1,)
-        return cute.runtime.make_fake_tensor(spec.cutlass_dtype, (batch, seqlen, heads, d), strides,
-                                             assumed_align=16)
-
-    lse_strides = (cute.sym_int(64), cute.sym_int(64), 1)  # row-major, any batch/head strides
-    lse = cute.runtime.make_fake_tensor(cutlass.Float32, (batch, heads_q, seqlen_q), lse_strides, assumed_align=4)
-    stream = cute.runtime.make_fake_stream(use_tvm_ffi_env_stream=True)
-    return (bshd(seqlen_q, heads_q), bshd(seqlen_k, heads_kv), bshd(seqlen_k, heads_kv),
-            bshd(seqlen_q, heads_q), lse, cutlass.Float32(1.0), stream)
-
-
-def _import_kernel_module(source: Path):
-    name = f"avo_generated_{source_hash(source.read_text())[:16]}"
-    if name in sys.modules:
-        return sys.modules[name]
-    try:
-        module_spec = importlib.util.spec_from_file_location(name, source)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise _error_from_exception("import", exc, source) from None
-    sys.modules[name] = module
-    return module
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _error_from_exception(stage: str, exc: BaseException, source: Path) -> CompileError:
-    """The DSL's message plus the deepest frame (or syntax-error line) inside the generated file."""
-    line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else None
-    tb = traceback.extract_tb(exc.__traceback__)
-    for frame in tb:
-        if Path(frame.filename).resolve() == source:
-            line = frame.lineno
-    message = _ANSI.sub("", str(exc)).strip() or type(exc).__name__  # the DSL colours its errors
-    if line is None:  # the DSL reports its own source locations in the message
-        match = re.search(re.escape(source.name) + r'"?[:, line]+(\d+)', message)
-        line = int(match.group(1)) if match else None
-    first = next((ln for ln in message.splitlines() if ln.strip()), message)
-    return CompileError(stage, f"{type(exc).__name__}: {first[:500]}", str(source), line,
-                        details="".join(traceback.format_exception(exc))[-8000:])
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _ptx_facts(ptx: Path) -> dict:
@@ -426,7 +459,7 @@ def _link_shared_library(out: Path) -> str:
 _shared_modules: dict[str, object] = {}  # path -> tvm_ffi module, kept alive with its functions
 
 
-def _load_callable(entry: Path):
+def load_callable(entry: Path):
     """The kernel's tvm_ffi function: from kernel.so through tvm_ffi alone when it was linked,
     else from kernel.o through the DSL's loader (which imports the DSL)."""
     shared = entry / "kernel.so"

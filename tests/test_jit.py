@@ -61,7 +61,7 @@ _LOAD_SCRIPT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from avo import jit
-    fn = jit._load_callable(Path(sys.argv[1]))
+    fn = jit.load_callable(Path(sys.argv[1]))
     print(json.dumps({"type": type(fn).__name__, "dsl_imported": "cutlass" in sys.modules}))
 """)
 
@@ -222,7 +222,7 @@ def test_shared_library_and_object_file_give_the_same_kernel(tmp_path, fresh_cac
     (object_only / "kernel.so").unlink()
     q, k, v = (torch.randn(1, 300, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     outs = []
-    for fn in (kernel.fn, jit._load_callable(object_only)):
+    for fn in (kernel.fn, jit.load_callable(object_only)):
         out, lse = torch.full_like(q, float("nan")), torch.full((1, 2, 300), float("nan"), device="cuda")
         fn(q, k, v, out, lse, 0.125)
         outs.append((out, lse))
