@@ -13,6 +13,7 @@ import argparse
 import datetime
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from avo.evaluate import geomean
@@ -32,7 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--baselines", default=",".join(BASELINES))
     parser.add_argument("--compare", help="a second kernel (same forms as --kernel) timed interleaved with the "
                         "first in the same process, e.g. the seed: --kernel best --compare v0000")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=32,
+                        help="timing rounds per config (each a sample of every kernel, in random order)")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--out", help="JSON file (default bench/results/<date>_<suite>.json)")
     args = parser.parse_args(argv)
@@ -105,8 +107,18 @@ def format_report(report: dict) -> str:
     lines.append(f"{'geomean':30s}" + "".join(f"{geo[n]:9.1f}" if geo.get(n) else f"{'-':>9s}" for n in names)
                  + "".join(f"{geo['avo'] / geo[b]:9.3f}" if geo.get(b) else f"{'-':>9s}" for b in names[1:]))
     if compare:
-        lines.append(f"{report['kernel']} / {compare['kernel']} in the same run: {compare['ratio']:.4f} "
-                     f"(noise {compare['noise']:.2%})")
+        lo, hi = compare["ratio_ci"]
+        lines.append(f"{report['kernel']} / {compare['kernel']} in the same run (paired, speed): "
+                     f"{compare['ratio']:.4f}x [{lo:.4f}, {hi:.4f}] 95% CI, {compare['pairs']} pairs, "
+                     f"{compare['excluded']} excluded")
+    for name, vs in report.get("vs_baselines", {}).items():
+        lines.append(f"{report['kernel']} / {name} (paired, speed): {vs['ratio']:.4f}x "
+                     f"[{vs['ratio_ci'][0]:.4f}, {vs['ratio_ci'][1]:.4f}]")
+    if report.get("measurement"):
+        m = report["measurement"]
+        lines.append(f"rounds per config {m['rounds']}, timed outputs checked {m['checks']}, throttled rounds "
+                     f"excluded {m['excluded_rounds']}, power-capped rounds {m['power_capped_rounds']}; "
+                     f"telemetry {json.dumps(m['telemetry'])}")
     lines.append("compile seconds per specialization: " + ", ".join(
         f"{k} {v}" for k, v in report["compile_seconds"].items()))
     return "\n".join(lines)
@@ -116,17 +128,25 @@ def _bench_task(source, suite, baselines, rounds, compare=None) -> dict:
     import cutlass
     import torch
 
-    from avo import jit, verify
-    from avo.evaluate import _benchmark
+    from avo import jit, stats, timing, verify
+    from avo.telemetry import Telemetry
 
     suite_obj = load_suite(suite)
 
     def compiled(path):
         template = Path(path).name if Path(path).is_dir() else None
-        kernels = {}
-        for spec in suite_obj.specs:
-            spec_source = jit.render(template, jit.load_knobs(template, spec=spec)) if template else path
-            kernels[spec] = jit.compile_kernel(spec_source, spec)
+        if template:  # a source per spec (its default knobs): compiled side by side
+            def one(spec):
+                return jit.compile_kernel(jit.render(template, jit.load_knobs(template, spec=spec)), spec, trusted=True)
+
+            with ThreadPoolExecutor(max_workers=min(8, len(suite_obj.specs))) as pool:
+                kernels = dict(zip(suite_obj.specs, pool.map(one, suite_obj.specs), strict=True))
+        else:
+            built = jit.compile_many(path, suite_obj.specs, (jit.current_arch(),), run=True, trusted=True)
+            for result in built.values():
+                if isinstance(result, jit.CompileError):
+                    raise result
+            kernels = {spec: kernel for (spec, _arch), kernel in built.items()}
         for config in suite_obj.timed + suite_obj.correctness:
             result = verify.check(kernels[config.spec].fn, [config], seeds=1)
             if not result["ok"]:
@@ -136,23 +156,47 @@ def _bench_task(source, suite, baselines, rounds, compare=None) -> dict:
     kernels = compiled(source)
     compile_seconds = {spec.key(): k.report.get("compile_seconds") for spec, k in kernels.items()}
     checked = len(suite_obj.timed) + len(suite_obj.correctness)
-    bench = _benchmark(kernels, compiled(compare) if compare else {}, suite_obj.timed, rounds, tuple(baselines))
-    if bench["over_peak"]:
-        raise RuntimeError(bench["over_peak"])
-    configs = list(bench["scores"])
-    geo = {"avo": geomean(bench["scores"].values())}
-    for name, per_config in bench["baselines"].items():
-        if len(per_config) == len(configs):
-            geo[name] = geomean(per_config.values())
+    contenders = {"candidate": {s: k.fn for s, k in kernels.items()}}
     if compare:
-        geo["compare"] = geomean(bench["incumbent"].values())
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": torch.cuda.get_device_name(), "torch": torch.__version__, "cutlass_dsl": cutlass.__version__,
-            "suite": suite, "scores": bench["scores"], "baselines": bench["baselines"], "geomean": geo,
-            "correctness_checks": checked, "compile_seconds": compile_seconds,
-            "configs": {c.name: c.as_dict() for c in suite_obj.timed},
-            "compare": {"scores": bench["incumbent"], "geomean": geo["compare"], "ratio": geo["avo"] / geo["compare"],
-                        "noise": bench["noise"]} if compare else None}
+        contenders["incumbent"] = {s: k.fn for s, k in compiled(compare).items()}
+    m = timing.measure(list(suite_obj.timed), contenders, tuple(baselines), min_rounds=rounds, block=rounds,
+                       telemetry=Telemetry())
+    tflops = {name: {} for name in ("candidate", "incumbent", *baselines)}
+    for config in suite_obj.timed:
+        for name in m.times[config.name]:
+            tflops[name][config.name] = config.flops / (m.median_ms(config.name, name) * 1e-3) / 1e12
+    peak = timing.peak_tflops()
+    over = [c for c, t in tflops["candidate"].items() if t > peak]
+    if over:
+        raise RuntimeError(f"{over[0]}: above the chip's dense BF16 peak {peak:.0f} TFLOPS: a timing bug")
+    configs = [c.name for c in suite_obj.timed]
+    geo = {"avo": geomean(tflops["candidate"].values())}
+    for name in baselines:
+        if len(tflops[name]) == len(configs):
+            geo[name] = geomean(tflops[name].values())
+    versus = {}
+    for name in baselines:
+        if len(tflops[name]) == len(configs):
+            vs = stats.relative_ratio({c: t[name] for c, t in m.times.items()},
+                                      {c: t["candidate"] for c, t in m.times.items()}, flags=m.flags)
+            versus[name] = {"ratio": vs.ratio, "ratio_ci": [vs.lo, vs.hi]}
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "device": torch.cuda.get_device_name(), "torch": torch.__version__, "cutlass_dsl": cutlass.__version__,
+              "suite": suite, "scores": tflops["candidate"], "baselines": {b: tflops[b] for b in baselines},
+              "geomean": geo, "vs_baselines": versus, "correctness_checks": checked,
+              "compile_seconds": compile_seconds, "configs": {c.name: c.as_dict() for c in suite_obj.timed},
+              "measurement": {"rounds": rounds, "launches": m.launches, "checks": m.checks,
+                              "excluded_rounds": sum(sum(f) for f in m.flags.values()),
+                              "power_capped_rounds": m.power_capped, "telemetry": m.telemetry,
+                              "missing_baselines": m.missing},
+              "times_ms": m.times, "compare": None}
+    if compare:
+        est = stats.paired_ratio(m.pairs(), flags=m.flags)
+        geo["compare"] = geomean(tflops["incumbent"].values())
+        report["compare"] = {"scores": tflops["incumbent"], "geomean": geo["compare"], "ratio": est.ratio,
+                             "ratio_ci": [est.lo, est.hi], "pairs": est.pairs, "excluded": est.excluded,
+                             "per_config": est.per_config}
+    return report
 
 
 if __name__ == "__main__":

@@ -131,7 +131,19 @@ def format_verdict(verdict) -> str:
             row += [verdict.baselines[b].get(config) for b in verdict.baselines]
             lines.append("  " + f"{config:34s}" + "".join(f"{x:11.1f}" if x else f"{'-':>11s}" for x in row))
     if verdict.ratio is not None:
-        lines.append(f"  ratio vs incumbent {verdict.ratio:.4f} (noise {verdict.noise:.2%}, gain: {verdict.gain})")
+        lo, hi = verdict.ratio_ci
+        lines.append(f"  speed vs incumbent (paired): {verdict.ratio:.4f}x [{lo:.4f}, {hi:.4f}] 95% CI, "
+                     f"{verdict.estimate.get('pairs')} pairs, {verdict.estimate.get('excluded')} excluded; "
+                     f"gain: {verdict.gain}")
+    for name, vs in verdict.vs_baselines.items():
+        lo, hi = vs["ratio_ci"]
+        lines.append(f"  speed vs {name} (paired): {vs['ratio']:.4f}x [{lo:.4f}, {hi:.4f}]")
+    if verdict.measurement:
+        m = verdict.measurement
+        lines.append(f"  timing: rounds {m.get('rounds')}, timed outputs checked {m.get('checks')}, throttled rounds "
+                     f"excluded {m.get('excluded_rounds')}, telemetry {json.dumps(m.get('telemetry'))}")
+    if verdict.sanitizer:
+        lines.append(f"  compute-sanitizer: {json.dumps(verdict.sanitizer)}")
     lines.append(f"  seconds: {json.dumps(verdict.timing)}")
     return "\n".join(lines)
 

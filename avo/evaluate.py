@@ -1,42 +1,42 @@
 """The evaluation cascade: what decides whether a candidate enters the lineage, and how.
 
-    static -> compile (every requested arch) -> correctness -> benchmark -> correctness again
+    static -> compile (sandboxed, every requested arch) -> judge: correctness -> timing
+           -> sanitizer (a commit-to-be only) -> the commit decision
 
-Static checks run here; everything that imports or runs the candidate runs in an isolated worker
-process (avo.worker) with a time limit, so a hang, a crash or a corrupted CUDA context becomes a
-`timeout` / `crashed` verdict and the next candidate is evaluated normally. The worker records
-each stage as it finishes, so a crash still says where it happened.
+Who runs what (README, "What the judge guarantees"):
+- static checks run here, on the text: an allow-list, a fast first filter (avo.static_check);
+- compiling executes the candidate's Python, so it happens in the sandbox (avo.sandbox via
+  avo.jit): no network, a read-only filesystem but for its output, no GPU, a scrubbed environment;
+  what comes back is an object file, checked (avo.hostobj) and linked here, and a cubin;
+- the judge (avo.judge) is a fresh worker process that loads those artifacts only, never a kernel
+  module; its verdict comes back on a pipe only it holds (avo.worker). A hang is a `timeout`, a
+  segfault or CUDA error is `crashed`, and the next candidate runs normally;
+- compute-sanitizer (racecheck, synccheck, memcheck, initcheck) watches one small call of each
+  specialization of a candidate about to be committed, once per distinct compiled source.
 
-Fitness follows AVO: a vector of TFLOPS per timed config (all zero on any correctness failure),
-geomean as the scalar. The candidate and the incumbent are timed interleaved in the same process;
-the commit rule is: correct, and not slower than the incumbent beyond the measured noise.
+Fitness follows AVO: TFLOPS per timed config (all zero on any failure), geomean as the scalar. The
+commit decision is the paired estimator's (avo.stats): candidate and incumbent timed in
+alternating samples, the geometric-mean speed ratio with a 95% confidence interval; commit when
+its lower bound clears 1 - COMMIT_TOLERANCE, a gain when it clears 1.
 """
 
 from __future__ import annotations
 
-import ast
+import dataclasses
+import hashlib
 import json
 import math
-import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from avo.worker import run_isolated
 
-__all__ = ["NOISE_CAP", "NOISE_FLOOR", "Verdict", "commit_decision", "evaluate", "geomean", "static_check"]
+__all__ = ["SANITIZER_TOOLS", "Verdict", "evaluate", "geomean", "static_check"]
 
-NOISE_FLOOR = 0.002  # do_bench medians of a 1 ms kernel repeat to ~0.2% at best
-# A tie is forgiven up to the measured noise, but never beyond 1%: on an H200 a 2-round run measured
-# 1.3% to 5.2% spread, and forgiving all of it let the incumbent drift down 1.4% in one commit.
-NOISE_CAP = 0.01
-
-# What a kernel module may import: the DSL, its CUDA bindings and plain Python helpers. Anything
-# else (torch, the harness, threads, timers, ctypes, os) is a way to game the measurement.
-_ALLOWED_IMPORTS = {"cutlass", "cuda", "math", "typing", "dataclasses", "functools", "operator", "enum",
-                    "__future__", "collections", "itertools"}
-_FORBIDDEN_CALLS = {"exec", "eval", "compile", "__import__", "globals", "open", "setattr", "delattr",
-                    "breakpoint", "input"}
+SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
+_SANITIZER_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -48,9 +48,14 @@ class Verdict:
     geomean: float = 0.0
     incumbent_scores: dict = field(default_factory=dict)
     incumbent_geomean: float = 0.0
-    ratio: float | None = None  # candidate / incumbent geomean, same run
-    noise: float | None = None
-    gain: bool = False  # ratio exceeds 1 + noise: a real improvement, not a tie
+    ratio: float | None = None  # candidate speed / incumbent speed: paired geomean ratio, same run
+    ratio_ci: list | None = None  # its 95% confidence interval [lo, hi]
+    noise: float | None = None  # half-width of that interval
+    gain: bool = False  # the interval's lower bound is above 1: a real improvement, not a tie
+    estimate: dict = field(default_factory=dict)  # avo.stats.RatioEstimate.as_dict(): per config, pairs
+    vs_baselines: dict = field(default_factory=dict)  # name -> {"ratio", "ratio_ci"}: candidate speed / baseline's
+    measurement: dict = field(default_factory=dict)  # rounds, launches, checks, throttled rounds, telemetry
+    sanitizer: dict = field(default_factory=dict)  # tool -> "clean" | what it found; seconds
     baselines: dict = field(default_factory=dict)  # name -> config -> TFLOPS, same run
     compile_reports: dict = field(default_factory=dict)  # arch -> spec key -> report
     correctness: dict = field(default_factory=dict)
@@ -67,9 +72,186 @@ class Verdict:
         node.timing = {**node.timing, **self.timing}
         if self.baselines:
             node.baselines = self.baselines
-        node.extra.update(ratio=self.ratio, noise=self.noise, gain=self.gain, stage=self.stage,
-                          compile_only=self.compile_only, incumbent_scores=self.incumbent_scores,
-                          compile_reports=self.compile_reports)
+        node.extra.update(ratio=self.ratio, ratio_ci=self.ratio_ci, noise=self.noise, gain=self.gain,
+                          stage=self.stage, compile_only=self.compile_only, incumbent_scores=self.incumbent_scores,
+                          compile_reports=self.compile_reports, pairs=self.estimate.get("pairs"),
+                          excluded=self.estimate.get("excluded"), vs_baselines=self.vs_baselines,
+                          measurement=self.measurement, sanitizer=self.sanitizer)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Verdict:
+        """A verdict from JSON: unknown keys are an error, never silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown verdict fields {sorted(unknown)}")
+        return cls(**data)
+
+
+def static_check(text: str) -> tuple[bool, str]:
+    """The allow-list of avo.static_check: (True, "") or (False, "line N: why")."""
+    from avo import static_check as checker
+
+    return checker.check(text)
+
+
+def evaluate(source: str | Path, suite: str = "quick", archs: tuple[str, ...] = ("sm_90a",),
+             incumbent: str | Path | None = None, compile_only: bool | None = None, gpu: int | None = None,
+             timeout_s: float = 900.0, seeds: int = 2, rounds: int = 64, baselines: tuple[str, ...] = (),
+             stop_after: str | None = None, static: bool = True, sanitize: bool = True,
+             min_rounds: int = 8) -> Verdict:
+    """Run the cascade on the kernel module at `source`. compile_only=None: decide by the GPU.
+    stop_after="correctness" ends a passing run there (status "screened": correct, not timed).
+    rounds caps the timing rounds per config (adaptive from min_rounds while the decision is open).
+    static=False skips the text check (tests of the layers behind it)."""
+    from avo import jit
+    from avo.suites import load_suite
+
+    source = Path(source).resolve()
+    started = time.monotonic()
+
+    def done(verdict: Verdict) -> Verdict:
+        verdict.timing["total"] = round(time.monotonic() - started, 2)
+        return verdict
+
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        return done(Verdict("failed_compile", "static", f"cannot read {source}: {exc}"))
+    if static:
+        ok, why = static_check(text)
+        if not ok:
+            return done(Verdict("failed_compile", "static", f"static check: {why}"))
+    suite_obj = load_suite(suite)
+    gpu_arch = jit.current_arch()
+    if compile_only is None:
+        compile_only = gpu_arch is None or gpu_arch not in archs
+
+    # -- compile: every spec for every arch, in the sandbox; failures are deterministic and cached
+    t0 = time.monotonic()
+    reports: dict = {}
+    try:
+        compiled = jit.compile_many(source, suite_obj.specs, archs, run=False, timeout_s=timeout_s)
+    except jit.CompileError as exc:
+        return done(Verdict("failed_compile", "compile", str(exc), compile_only=compile_only))
+    for (spec, arch), kernel in compiled.items():
+        if isinstance(kernel, jit.CompileError):
+            return done(Verdict("failed_compile", "compile", f"[{arch} {spec.key()}] {kernel}", compile_reports=reports,
+                                compile_only=compile_only, timing={"compile": round(time.monotonic() - t0, 2)}))
+        reports.setdefault(arch, {})[spec.key()] = kernel.report
+    timing = {"compile": round(time.monotonic() - t0, 2)}
+    if compile_only:
+        why = "asked for" if gpu_arch in archs else "no matching GPU"
+        return done(Verdict("screened", "compile", f"compile-only: compiled for {', '.join(archs)}; not run ({why})",
+                            compile_reports=reports, compile_only=True, timing=timing))
+
+    entries = {spec.key(): str(compiled[(spec, gpu_arch)].artifact_dir) for spec in suite_obj.specs}
+    inc_entries = None
+    if incumbent:
+        try:
+            inc = jit.compile_many(incumbent, suite_obj.specs, (gpu_arch,), run=False, trusted=True)
+        except jit.CompileError as exc:
+            return done(Verdict("crashed", "benchmark", f"harness error: the incumbent does not compile: {exc}",
+                                compile_reports=reports, timing=timing))
+        bad = [k for k in inc.values() if isinstance(k, jit.CompileError)]
+        if bad:
+            return done(Verdict("crashed", "benchmark", f"harness error: the incumbent does not compile: {bad[0]}",
+                                compile_reports=reports, timing=timing))
+        inc_entries = {spec.key(): str(inc[(spec, gpu_arch)].artifact_dir) for spec in suite_obj.specs}
+
+    # -- the judge: a fresh process that loads the artifacts, checks, times, and answers on its pipe
+    left = max(30.0, timeout_s - (time.monotonic() - started))
+    args = {"entries": entries, "incumbent": inc_entries, "suite": suite, "seeds": seeds, "baselines": list(baselines),
+            "stop_after": stop_after, "sampling": {"min_rounds": min_rounds, "max_rounds": max(rounds, min_rounds)}}
+    result = run_isolated("avo.judge:judge", args, timeout_s=left, gpu=gpu)
+    if not result.ok:
+        stage = result.extra.get("progress", {}).get("stage", "correctness")
+        status = "timeout" if result.status == "timeout" else "crashed"
+        detail = result.error if result.status != "error" else f"harness error: {result.error}"
+        return done(Verdict(status, stage, f"{result.status} during {stage}: {detail}", compile_reports=reports,
+                            timing=timing, scores={c.name: 0.0 for c in suite_obj.timed}))
+    try:
+        verdict = Verdict.from_dict({**result.value, "timing": {**timing, **result.value.get("timing", {})},
+                                     "compile_reports": reports})
+    except (TypeError, ValueError) as exc:
+        return done(Verdict("crashed", "benchmark", f"harness error: malformed verdict from the judge: {exc}",
+                            compile_reports=reports, timing=timing))
+    if verdict.status != "measured":
+        return done(verdict)
+    _decide(verdict)
+    if verdict.status == "committed" and sanitize:
+        t0 = time.monotonic()
+        found = sanitizer_stage(entries, suite, gpu)
+        verdict.timing["sanitizer"] = round(time.monotonic() - t0, 2)
+        verdict.sanitizer = found
+        problems = {tool: what for tool, what in found.get("tools", {}).items() if what != "clean"}
+        if problems:
+            tool, what = next(iter(problems.items()))
+            verdict.status, verdict.stage = "failed_sanitizer", "sanitizer"
+            verdict.diagnosis = f"compute-sanitizer {tool}: {what}"
+            verdict.scores = {c: 0.0 for c in verdict.scores}
+            verdict.geomean = 0.0
+    return done(verdict)
+
+
+def _decide(verdict: Verdict) -> None:
+    """The commit rule on the paired estimate: commit when the interval's lower bound clears
+    1 - COMMIT_TOLERANCE; a gain when it clears 1. No incumbent: the first correct kernel commits."""
+    from avo import stats
+
+    verdict.geomean = geomean(verdict.scores.values())
+    verdict.incumbent_geomean = geomean(verdict.incumbent_scores.values()) if verdict.incumbent_scores else 0.0
+    vs = "; ".join(f"{v['ratio']:.4f}x {name} [{v['ratio_ci'][0]:.4f}, {v['ratio_ci'][1]:.4f}]"
+                   for name, v in verdict.vs_baselines.items())
+    if not verdict.estimate:
+        verdict.status, verdict.stage = "committed", "done"
+        verdict.diagnosis = f"correct; geomean {verdict.geomean:.1f} TFLOPS; no incumbent" + (f"; {vs}" if vs else "")
+        return
+    est = stats.RatioEstimate(ratio=verdict.estimate["ratio"], lo=verdict.estimate["ratio_ci"][0],
+                              hi=verdict.estimate["ratio_ci"][1], per_config=verdict.estimate.get("per_config", {}),
+                              pairs=verdict.estimate["pairs"], excluded=verdict.estimate["excluded"])
+    decision = stats.decide(est)
+    verdict.ratio, verdict.ratio_ci, verdict.noise = est.ratio, [est.lo, est.hi], est.half_width()
+    verdict.gain = stats.is_gain(est)
+    # an interval still open at the sampling cap is not a commit: "not slower" must be shown
+    verdict.status = "committed" if decision == "commit" else "rejected"
+    verdict.stage = "done"
+    verdict.diagnosis = (f"correct; geomean {verdict.geomean:.1f} TFLOPS; {est.format()} the incumbent "
+                         f"({decision}{', a gain' if verdict.gain else ''}; tolerance {stats.COMMIT_TOLERANCE:.1%})"
+                         + (f"; {vs}" if vs else ""))
+
+
+def sanitizer_stage(entries: dict, suite: str, gpu: int | None) -> dict:
+    """compute-sanitizer's four tools over one small call of each specialization. Cached by the
+    compiled kernels' identity: a source sanitized once is not sanitized again."""
+    from avo import jit
+
+    binary = shutil.which("compute-sanitizer") or next(
+        (p for p in ("/usr/local/cuda/bin/compute-sanitizer",) if Path(p).exists()), None)
+    if binary is None:
+        return {"skipped": "compute-sanitizer not found (CUDA toolkit's bin/ not on PATH)"}
+    key = hashlib.sha256(json.dumps(sorted(Path(e).name for e in entries.values())).encode()).hexdigest()[:24]
+    record = jit.cache_dir() / "sanitized" / f"{key}.json"
+    if record.exists():
+        return {**json.loads(record.read_text()), "cached": True}
+    found: dict = {"tools": {}, "seconds": {}}
+    for tool in SANITIZER_TOOLS:
+        t0 = time.monotonic()
+        wrap = [binary, "--tool", tool, "--error-exitcode", "86", "--print-limit", "5"]
+        if tool == "racecheck":
+            wrap += ["--racecheck-report", "hazard"]
+        result = run_isolated("avo.judge:sanitize", {"entries": entries, "suite": suite},
+                              timeout_s=_SANITIZER_TIMEOUT_S, gpu=gpu, wrap=wrap)
+        found["seconds"][tool] = round(time.monotonic() - t0, 2)
+        if result.ok and result.returncode == 0:
+            found["tools"][tool] = "clean"
+        else:
+            lines = [ln.strip() for ln in result.stderr_tail.splitlines() if ln.strip().startswith("=========")]
+            errors = [ln for ln in lines if "ERROR SUMMARY" not in ln and ("rror" in ln or "azard" in ln)]
+            found["tools"][tool] = (errors[0][10:][:300] if errors else result.summary()[:300]) or "failed"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(found))
+    return found
 
 
 def geomean(values) -> float:
@@ -77,248 +259,3 @@ def geomean(values) -> float:
     if not values or any(v <= 0 for v in values):
         return 0.0
     return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
-def commit_decision(ratio: float | None, noise: float) -> tuple[bool, bool]:
-    """(commit, gain). No incumbent: commit. Otherwise commit when not slower beyond the noise
-    (capped at NOISE_CAP); a gain is a ratio above 1 + noise."""
-    if ratio is None:
-        return True, False
-    noise = max(noise, NOISE_FLOOR)
-    return ratio >= 1.0 - min(noise, NOISE_CAP), ratio > 1.0 + noise
-
-
-def static_check(text: str) -> tuple[bool, str]:
-    """The candidate parses, defines KERNEL, and imports / calls nothing that could touch the
-    harness, other streams, timers or the process."""
-    try:
-        tree = ast.parse(text)
-    except SyntaxError as exc:
-        return False, f"syntax error at line {exc.lineno}: {exc.msg}"
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            for name in names:
-                if name.split(".")[0] not in _ALLOWED_IMPORTS:
-                    return False, f"line {node.lineno}: import of {name!r} is not allowed in a kernel module"
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FORBIDDEN_CALLS:
-            return False, f"line {node.lineno}: call to {node.func.id}() is not allowed in a kernel module"
-        elif isinstance(node, ast.Attribute) and node.attr.startswith("__") and node.attr not in (
-                "__init__", "__call__", "__name__", "__class__"):
-            return False, f"line {node.lineno}: access to {node.attr} is not allowed in a kernel module"
-    has_entry = any(isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "KERNEL" for t in n.targets)
-                    for n in tree.body)
-    if not has_entry:
-        return False, "the module does not define KERNEL (the kernel class)"
-    return True, ""
-
-
-def evaluate(source: str | Path, suite: str = "quick", archs: tuple[str, ...] = ("sm_90a",),
-             incumbent: str | Path | None = None, compile_only: bool | None = None, gpu: int | None = None,
-             timeout_s: float = 900.0, seeds: int = 2, rounds: int = 3, baselines: tuple[str, ...] = (),
-             stop_after: str | None = None) -> Verdict:
-    """Run the cascade on the kernel module at `source`. compile_only=None: decide by the GPU.
-    stop_after="correctness" ends a passing run there (status "screened": correct, not timed)."""
-    source = Path(source).resolve()
-    started = time.monotonic()
-    try:
-        text = source.read_text()
-    except OSError as exc:
-        return Verdict("failed_compile", "static", f"cannot read {source}: {exc}")
-    ok, why = static_check(text)
-    if not ok:
-        return Verdict("failed_compile", "static", f"static check: {why}")
-    progress_path = source.with_name(f".{source.stem}.progress.json")
-    progress_path.unlink(missing_ok=True)
-    args = {"source": str(source), "suite": suite, "archs": list(archs),
-            "incumbent": str(Path(incumbent).resolve()) if incumbent else None, "compile_only": compile_only,
-            "seeds": seeds, "rounds": rounds, "baselines": list(baselines), "progress": str(progress_path),
-            "stop_after": stop_after}
-    result = run_isolated("avo.evaluate:_cascade", args, timeout_s=timeout_s, gpu=gpu)
-    progress = json.loads(progress_path.read_text()) if progress_path.exists() else {}
-    progress_path.unlink(missing_ok=True)
-    if result.ok:
-        verdict = Verdict(**result.value)
-    else:
-        stage = progress.get("stage", "compile")
-        status = {"timeout": "timeout", "crashed": "crashed"}.get(result.status, "crashed")
-        detail = result.error if result.status != "error" else f"harness error: {result.error}"
-        verdict = Verdict(status, stage, f"{result.status} during {stage}: {detail}",
-                          compile_reports=progress.get("compile_reports", {}))
-    verdict.timing["total"] = round(time.monotonic() - started, 2)
-    return verdict
-
-
-# ---------------------------------------------------------------------------------------------
-# the worker side: everything below runs inside the isolated process
-
-
-def _cascade(source, suite, archs, incumbent, compile_only, seeds, rounds, baselines, progress,
-             stop_after=None) -> dict:
-    from avo import jit
-    from avo.suites import load_suite
-
-    def mark(stage, **more):
-        state.update(stage=stage, **more)
-        Path(progress).write_text(json.dumps(state))
-
-    state: dict = {}
-    suite_obj = load_suite(suite)
-    gpu_arch = jit.current_arch()
-    if compile_only is None:
-        compile_only = gpu_arch is None or gpu_arch not in archs
-    timing: dict = {}
-    verdict = {"status": "crashed", "stage": "compile", "compile_only": compile_only, "timing": timing}
-
-    # -- compile: every spec of the suite for every arch; failures are deterministic and cached
-    mark("compile")
-    t0 = time.monotonic()
-    reports: dict = {}
-    kernels = {}
-    for arch in archs:
-        for spec in suite_obj.specs:
-            run = (not compile_only) and arch == gpu_arch
-            try:
-                kernel = jit.compile_kernel(source, spec, arch=arch, run=run)
-            except jit.CompileError as exc:
-                timing["compile"] = round(time.monotonic() - t0, 2)
-                verdict.update(status="failed_compile", diagnosis=f"[{arch} {spec.key()}] {exc}",
-                               compile_reports=reports)
-                return verdict
-            reports.setdefault(arch, {})[spec.key()] = kernel.report
-            if run:
-                kernels[spec] = kernel
-            mark("compile", compile_reports=reports)
-    timing["compile"] = round(time.monotonic() - t0, 2)
-    verdict["compile_reports"] = reports
-    if compile_only:
-        why = "asked for" if gpu_arch in archs else "no matching GPU"
-        verdict.update(status="screened", stage="compile",
-                       diagnosis=f"compile-only: compiled for {', '.join(archs)}; not run ({why})")
-        return verdict
-
-    try:
-        return _run_stages(verdict, mark, kernels, suite_obj, incumbent, seeds, rounds, baselines, stop_after)
-    except RuntimeError as exc:  # a CUDA error poisons this process's context: report it, end here
-        if "CUDA" not in str(exc) and "cuda" not in str(exc):
-            raise
-        first = str(exc).strip().splitlines()[0][:300]
-        verdict.update(status="crashed", stage=state.get("stage", "correctness"),
-                       diagnosis=f"CUDA error during {state.get('stage')}: {first}",
-                       scores={c.name: 0.0 for c in suite_obj.timed})
-        return verdict
-
-
-def _run_stages(verdict, mark, kernels, suite_obj, incumbent, seeds, rounds, baselines, stop_after) -> dict:
-    from avo import jit, verify
-
-    timing = verdict["timing"]
-    # -- correctness: ragged shapes and the timed ones, fresh seeds
-    mark("correctness")
-    t0 = time.monotonic()
-    configs = list(suite_obj.correctness) + list(suite_obj.timed)
-    result = _check_all(verify, kernels, configs, seeds)
-    timing["correctness"] = round(time.monotonic() - t0, 2)
-    verdict["correctness"] = {"ok": result["ok"], "diagnosis": result["diagnosis"], "checked": len(result["shapes"])}
-    if not result["ok"]:
-        verdict.update(status="failed_correctness", stage="correctness", diagnosis=result["diagnosis"],
-                       scores={c.name: 0.0 for c in suite_obj.timed})
-        return verdict
-    if stop_after == "correctness":
-        verdict.update(status="screened", stage="correctness", diagnosis=f"correct ({result['diagnosis']}); not timed")
-        return verdict
-
-    # -- benchmark: interleaved with the incumbent (and baselines) in this process
-    mark("benchmark")
-    t0 = time.monotonic()
-    inc_kernels = {}
-    if incumbent:
-        for spec in suite_obj.specs:
-            inc_kernels[spec] = jit.compile_kernel(incumbent, spec)
-    bench = _benchmark(kernels, inc_kernels, suite_obj.timed, rounds, baselines)
-    timing["benchmark"] = round(time.monotonic() - t0, 2)
-    verdict.update(scores=bench["scores"], baselines=bench["baselines"], incumbent_scores=bench["incumbent"])
-    if bench["over_peak"]:
-        verdict.update(status="failed_correctness", stage="benchmark", diagnosis=bench["over_peak"],
-                       scores={c.name: 0.0 for c in suite_obj.timed})
-        return verdict
-
-    # -- correctness again, fresh seeds: catches state kept across calls (cached outputs)
-    mark("recheck")
-    t0 = time.monotonic()
-    again = _check_all(verify, kernels, list(suite_obj.timed), 1)
-    timing["recheck"] = round(time.monotonic() - t0, 2)
-    if not again["ok"]:
-        verdict.update(status="failed_correctness", stage="recheck",
-                       diagnosis=f"after benchmarking: {again['diagnosis']}",
-                       scores={c.name: 0.0 for c in suite_obj.timed})
-        return verdict
-
-    cand_geo = geomean(bench["scores"].values())
-    inc_geo = geomean(bench["incumbent"].values()) if bench["incumbent"] else 0.0
-    ratio = cand_geo / inc_geo if inc_geo > 0 else None
-    noise = max(bench["noise"], NOISE_FLOOR)
-    commit, gain = commit_decision(ratio, noise)
-    vs = f"{ratio:.4f}x the incumbent (noise {noise:.2%})" if ratio is not None else "no incumbent"
-    verdict.update(status="committed" if commit else "rejected", stage="done", geomean=cand_geo,
-                   incumbent_geomean=inc_geo, ratio=ratio, noise=noise, gain=gain,
-                   diagnosis=f"correct; geomean {cand_geo:.1f} TFLOPS, {vs}")
-    return verdict
-
-
-def _check_all(verify, kernels, configs, seeds) -> dict:
-    shapes = []
-    for config in configs:
-        result = verify.check(kernels[config.spec].fn, [config], seeds=seeds)
-        shapes += result["shapes"]
-        if not result["ok"]:
-            return {"ok": False, "diagnosis": result["diagnosis"], "shapes": shapes}
-    return {"ok": True, "diagnosis": f"{len(shapes)} checks passed", "shapes": shapes}
-
-
-def _benchmark(kernels, inc_kernels, configs, rounds, baselines) -> dict:
-    from avo import timing
-
-    peak = timing.peak_tflops()
-    out = {"scores": {}, "incumbent": {}, "baselines": {b: {} for b in baselines}, "noise": 0.0,
-           "over_peak": "", "spreads": {}}
-    spreads = []
-    for config in configs:
-        times = _time_config(config, kernels[config.spec].fn,
-                             inc_kernels[config.spec].fn if config.spec in inc_kernels else None, baselines, rounds)
-        tflops = {n: config.flops / (t["ms"] * 1e-3) / 1e12 for n, t in times.items()}
-        out["scores"][config.name] = tflops["candidate"]
-        if "incumbent" in tflops:
-            out["incumbent"][config.name] = tflops["incumbent"]
-            spreads.append(max(times["candidate"]["spread"], times["incumbent"]["spread"]))
-        for name in baselines:
-            if name in tflops:
-                out["baselines"][name][config.name] = tflops[name]
-        if tflops["candidate"] > peak:
-            out["over_peak"] = (f"{config.name}: {tflops['candidate']:.0f} TFLOPS is above the chip's dense "
-                                f"BF16 peak {peak:.0f}: a timing bug or skipped work")
-            break
-    out["noise"] = sorted(spreads)[len(spreads) // 2] if spreads else 0.0
-    return out
-
-
-def _time_config(config, fn, incumbent_fn, baselines, rounds) -> dict:
-    """Median times of the candidate, the incumbent and the baselines on one shape, interleaved,
-    on fresh random inputs (never zeros: they run faster than real data)."""
-    import torch
-
-    from avo import timing
-    from avo.verify import random_inputs
-
-    q, k, v = random_inputs(config, int.from_bytes(os.urandom(4), "little"))
-    o = torch.empty_like(q)
-    lse = torch.empty(config.batch, config.heads_q, config.seqlen_q, device="cuda")
-    scale = 1.0 / math.sqrt(config.head_dim)
-    fns = {"candidate": lambda: fn(q, k, v, o, lse, scale)}
-    if incumbent_fn is not None:
-        fns["incumbent"] = lambda: incumbent_fn(q, k, v, o, lse, scale)
-    for name in baselines:
-        baseline, _why = timing.baseline_fn(name, config, q, k, v, scale)
-        if baseline is not None:
-            fns[name] = baseline
-    return timing.time_interleaved(fns, rounds=rounds)

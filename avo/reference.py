@@ -15,9 +15,10 @@ __all__ = ["reference_attention", "attention_flops"]
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                         softmax_scale: float | None = None, dtype: torch.dtype = torch.float32,
-                        chunk: int = 1024):
+                        chunk: int = 1024, rows: tuple[int, int] | None = None):
     """(out, lse) in `dtype` for (batch, seqlen, heads, head_dim) inputs; GQA by repeating KV heads.
-    Query rows are processed `chunk` at a time to bound the memory of the score matrix."""
+    Query rows are processed `chunk` at a time to bound the memory of the score matrix; `rows`
+    (start, end) limits the work to those query rows (a spot check of a long sequence)."""
     batch, seqlen_q, heads_q, head_dim = q.shape
     seqlen_k, heads_kv = k.shape[1], k.shape[2]
     if heads_q % heads_kv:
@@ -27,8 +28,9 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
     kf = k.to(dtype).repeat_interleave(group, dim=2).transpose(1, 2)  # (b, h, sk, d)
     vf = v.to(dtype).repeat_interleave(group, dim=2).transpose(1, 2)
     outs, lses = [], []
-    for start in range(0, seqlen_q, chunk):
-        qf = q[:, start:start + chunk].to(dtype).transpose(1, 2)  # (b, h, m, d)
+    first, last = rows if rows is not None else (0, seqlen_q)
+    for start in range(first, last, chunk):
+        qf = q[:, start:min(start + chunk, last)].to(dtype).transpose(1, 2)  # (b, h, m, d)
         scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale
         if causal:
             rows = torch.arange(start, start + qf.shape[2], device=q.device)[:, None]

@@ -1,29 +1,52 @@
-"""Timing on the GPU: medians of triton's do_bench (which flushes L2 before every run), taken in
-interleaved rounds so that a candidate and its incumbent (and the baselines) see the same clocks,
-temperature and neighbours; the spread across rounds is the noise a gain must exceed.
+"""Timing on the GPU: the sampler behind the paired estimator (avo.stats).
 
-Baselines measured in the same process: FA4 (flash_attn.cute, extra `baselines`), cuDNN and FA2
+For each config, the contenders (candidate, incumbent, baselines) are timed in short samples taken
+back to back in a random order, on the same inputs; one such round gives each contender one
+sample, and candidate/incumbent samples of a round form a pair whose ratio cancels whatever drifts
+(clocks, temperature, neighbours). A sample is
+
+    poison every output buffer of the contender (NaN) -> flush L2 -> event -> n launches -> event
+
+with n chosen so that a sample lasts at least MIN_SAMPLE_MS (launch overhead must not dominate a
+short config) and the n launches writing to rotating output buffers. Rounds come in blocks; before
+each block the inputs are regenerated in place (same pointers, new values), and in each block one
+round chosen at random has the candidate's last output checked against the fp32 reference (all of
+it for NaN, a random window of query rows for values) before anything overwrites it: a kernel that
+skips work or serves stale output while timed fails there. Each round reads NVML telemetry; rounds
+taken while the GPU throttled itself are flagged (avo.telemetry).
+
+Baselines measured in the same rounds: FA4 (flash_attn.cute, extra `baselines`), cuDNN and FA2
 (torch SDPA with the CUDNN_ATTENTION and FLASH_ATTENTION backends).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
+import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from avo.suites import ShapeConfig
 
-__all__ = ["BASELINES", "DENSE_BF16_PEAK_TFLOPS", "baseline_fn", "peak_tflops", "time_interleaved"]
+__all__ = ["BASELINES", "DENSE_BF16_PEAK_TFLOPS", "MIN_SAMPLE_MS", "Measurement", "TimedOutputError",
+           "baseline_fn", "measure", "peak_tflops"]
 
 BASELINES = ("fa4", "cudnn", "fa2")
+MIN_SAMPLE_MS = 1.0  # a sample of a short config repeats the launch until it lasts this long
+_ROTATE = 3  # output buffers per kernel, used in turn by consecutive launches
+_CHECK_ROWS = 128  # query rows of the reference spot check in each block
+_L2_FLUSH_BYTES = 256 << 20  # larger than any L2 (H100 50 MB, B200 126 MB)
 
 # Dense BF16/FP16 tensor-core peak by device name (vendor datasheets, without sparsity). A kernel
 # that "beats" this is a timing bug or skipped work, never a win.
 DENSE_BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "GH200": 989.4, "B200": 2250.0,
                           "B300": 2250.0}
+
+
+class TimedOutputError(Exception):
+    """A timed call of the candidate produced a wrong output."""
 
 
 def peak_tflops(device_name: str | None = None) -> float:
@@ -34,22 +57,168 @@ def peak_tflops(device_name: str | None = None) -> float:
     return 2250.0  # unknown chip: the largest known peak, so nothing honest is rejected
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 3, warmup_ms: int = 25,
-                     rep_ms: int = 100) -> dict[str, dict]:
-    """{name: {"ms": median over rounds of do_bench medians, "rounds": [...], "spread": (max-min)/ms}}.
-    The order of the callables rotates every round."""
-    from triton.testing import do_bench
+@dataclass
+class Measurement:
+    """Per config: per-launch milliseconds of each contender by round, and the round flags."""
+    times: dict = field(default_factory=dict)  # config -> name -> [ms per launch, one per round]
+    flags: dict = field(default_factory=dict)  # config -> [bool per round]: throttled, excluded
+    launches: dict = field(default_factory=dict)  # config -> launches per sample
+    checks: int = 0  # timed outputs checked against the reference
+    power_capped: int = 0  # rounds under the software power cap (kept)
+    telemetry: dict = field(default_factory=dict)  # min/max SM clock, max temperature and power; or why not
+    missing: dict = field(default_factory=dict)  # baseline -> why it was not measured
 
-    names = list(fns)
-    per_round: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            per_round[name].append(float(do_bench(fns[name], warmup=warmup_ms, rep=rep_ms, return_mode="median")))
-    out = {}
-    for name, times in per_round.items():
-        ms = statistics.median(times)
-        out[name] = {"ms": ms, "rounds": times, "spread": (max(times) - min(times)) / ms if ms > 0 else math.inf}
-    return out
+    def pairs(self, a: str = "incumbent", b: str = "candidate") -> dict:
+        """{config: [(t_a, t_b), ...]} for avo.stats.paired_ratio."""
+        return {c: list(zip(t[a], t[b], strict=True)) for c, t in self.times.items() if a in t and b in t}
+
+    def median_ms(self, config: str, name: str) -> float:
+        keep = [t for t, bad in zip(self.times[config][name], self.flags[config], strict=True) if not bad]
+        values = sorted(keep or self.times[config][name])
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tuple[str, ...] = (),
+            needs_more: Callable[[Measurement], bool] | None = None, min_rounds: int = 8,
+            max_rounds: int = 64, block: int = 8, check: str | None = "candidate",
+            telemetry=None, seed: int | None = None) -> Measurement:
+    """Time every contender on every config in interleaved rounds. `kernels` maps a contender
+    name to {AttentionSpec: fn(q, k, v, o, lse, scale)}; baselines are added by name. Rounds come in
+    blocks of `block` over all configs until `min_rounds`, then while `needs_more(measurement)`
+    says so, up to `max_rounds`. Raises TimedOutputError when a checked output of `check` is wrong."""
+    from avo import verify
+
+    rng = random.Random(seed)
+    result = Measurement()
+    flush = torch.empty(_L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    states = [_ConfigState(config, kernels, baselines, result, rng) for config in configs]
+    readings = []
+    rounds = 0
+    while rounds < min_rounds or (needs_more is not None and rounds < max_rounds and needs_more(result)):
+        # the first block, then doubling: few looks at the data keep the adaptive error rate near the nominal
+        step = block if rounds < min_rounds else min(rounds, max_rounds - rounds)
+        for state in states:
+            state.new_inputs(rng.randrange(1 << 30))
+            check_round = rng.randrange(step) if check in state.contenders else -1
+            for r in range(step):
+                order = list(state.contenders)
+                rng.shuffle(order)
+                ms = {name: state.sample(name, flush) for name in order}
+                torch.cuda.synchronize()
+                reading = telemetry.read() if telemetry is not None else None
+                readings.append(reading)
+                for name in order:
+                    result.times[state.config.name].setdefault(name, []).append(
+                        ms[name][0].elapsed_time(ms[name][1]) / state.launches)
+                result.flags[state.config.name].append(bool(telemetry and telemetry.throttled(reading)))
+                result.power_capped += bool(telemetry and telemetry.power_capped(reading))
+                if r == check_round:
+                    state.check_last(check, verify, rng)
+                    result.checks += 1
+        rounds += step
+    result.telemetry = _summary(readings, telemetry)
+    return result
+
+
+class _ConfigState:
+    """One config's inputs, output buffers and contenders during a measurement."""
+
+    def __init__(self, config: ShapeConfig, kernels: dict, baselines, result: Measurement, rng):
+        from avo.verify import random_inputs
+
+        self.config = config
+        self.scale = 1.0 / math.sqrt(config.head_dim)
+        self.q, self.k, self.v = random_inputs(config, rng.randrange(1 << 30))
+        self.contenders: dict[str, Callable] = {}
+        self.buffers: dict[str, list] = {}
+        self.turn: dict[str, int] = {}
+        for name, per_spec in kernels.items():
+            if config.spec in per_spec:
+                fn = per_spec[config.spec]
+                self.contenders[name] = lambda o, lse, fn=fn: fn(self.q, self.k, self.v, o, lse, self.scale)
+                self.buffers[name] = [(torch.empty_like(self.q),
+                                       torch.empty(config.batch, config.heads_q, config.seqlen_q, device="cuda"))
+                                      for _ in range(_ROTATE)]
+        for name in baselines:
+            fn, why = baseline_fn(name, config, self.q, self.k, self.v, self.scale)
+            if fn is None:
+                result.missing[name] = why
+            else:
+                self.contenders[name] = lambda o, lse, fn=fn: fn()
+        result.times[config.name] = {}
+        result.flags[config.name] = []
+        self.launches = self._calibrate()
+        result.launches[config.name] = self.launches
+
+    def new_inputs(self, seed: int) -> None:
+        """New values in the same buffers: a kernel that keys a cache on its pointers goes stale."""
+        self.seed = seed
+        for t, fresh in zip((self.q, self.k, self.v), self._values(seed), strict=True):
+            t.copy_(fresh)
+
+    def _values(self, seed: int):
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        return [torch.randn(t.shape, generator=gen, device="cuda", dtype=torch.float32).to(t.dtype)
+                for t in (self.q, self.k, self.v)]
+
+    def sample(self, name: str, flush: torch.Tensor) -> tuple:
+        buffers = self.buffers.get(name, [])
+        for o, lse in buffers:  # every buffer, so none holds a previous output to reuse
+            o.fill_(float("nan"))
+            lse.fill_(float("nan"))
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        run = self.contenders[name]
+        start.record()
+        for _ in range(self.launches):
+            o, lse = buffers[self.turn.get(name, 0) % _ROTATE] if buffers else (None, None)
+            self.turn[name] = self.turn.get(name, 0) + 1
+            run(o, lse)
+        end.record()
+        return start, end
+
+    def check_last(self, name: str, verify, rng) -> None:
+        o, lse = self.buffers[name][(self.turn[name] - 1) % _ROTATE]
+        sq = self.config.seqlen_q
+        first = rng.randrange(max(1, sq - _CHECK_ROWS + 1))
+        rows = (first, min(sq, first + _CHECK_ROWS))
+        poisoned = int(o.isnan().sum()) + int(lse.isnan().sum())
+        if poisoned:
+            raise TimedOutputError(f"{self.config.name}: a timed call left {poisoned} output/LSE values unwritten "
+                                   "(NaN poison): work skipped while timed")
+        if not all(torch.equal(t, fresh) for t, fresh in zip((self.q, self.k, self.v), self._values(self.seed),
+                                                              strict=True)):
+            raise TimedOutputError(f"{self.config.name}: the inputs changed while timed: a kernel must not "
+                                   "write q, k, v")
+        ref_out, ref_lse, bound = verify.reference(self.q, self.k, self.v, self.config.causal, self.scale, rows=rows)
+        diagnosis, _ = verify.compare(o[:, rows[0]:rows[1]], lse[:, :, rows[0]:rows[1]], ref_out, ref_lse, bound)
+        if diagnosis:
+            raise TimedOutputError(f"{self.config.name}: a timed call's output is wrong (rows {rows[0]}-{rows[1]}): "
+                                   f"{diagnosis}")
+
+    def _calibrate(self) -> int:
+        """Warm every contender up, then pick launches per sample from the slowest one's time."""
+        longest = 0.0
+        for name, run in self.contenders.items():
+            o, lse = self.buffers[name][0] if name in self.buffers else (None, None)
+            run(o, lse)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run(o, lse)
+            end.record()
+            torch.cuda.synchronize()
+            longest = max(longest, start.elapsed_time(end))
+        return max(1, min(64, math.ceil(MIN_SAMPLE_MS / max(longest, 1e-3))))
+
+
+def _summary(readings: list, telemetry) -> dict:
+    got = [r for r in readings if r]
+    if not got:
+        return {"available": False, "why": getattr(telemetry, "why", "") or "no telemetry requested"}
+    clocks = [r["sm_mhz"] for r in got]
+    return {"available": True, "rounds": len(got), "sm_mhz_min": min(clocks), "sm_mhz_max": max(clocks),
+            "temp_c_max": max(r["temp_c"] for r in got), "power_w_max": round(max(r["power_w"] for r in got), 1)}
 
 
 def baseline_fn(name: str, config: ShapeConfig, q, k, v, softmax_scale: float):

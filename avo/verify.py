@@ -9,7 +9,10 @@ For every shape and seed:
   candidate's input buffers must still equal them, and the fp32 reference is computed from them;
 - the error bound is relative to what PyTorch's own low-precision path gets wrong on the same
   inputs: max|out - ref| <= 2 * max|torch_lowp - ref| + 1e-5 (the FlashAttention tests' rule);
-- LSE must match where finite, and be -inf exactly where the reference is.
+- LSE must match where finite, be -inf exactly where the reference is -inf, never +inf or NaN;
+- inputs are not only N(0,1): each config is also checked with large logits (a softmax without the
+  running max overflows), peaked rows (one key dominates a row), and non-contiguous views (q, k, v
+  and out as strided views of larger buffers, as a packed-QKV model passes them).
 Fresh seeds on every call of `check`, so a kernel that caches outputs fails the second time.
 """
 
@@ -23,53 +26,125 @@ import torch
 from avo.reference import reference_attention
 from avo.suites import ShapeConfig
 
-__all__ = ["LSE_ATOL", "check", "random_inputs"]
+__all__ = ["INPUT_KINDS", "LSE_ATOL", "check", "compare", "random_inputs", "reference"]
 
 LSE_ATOL = 2e-3
+LSE_RTOL = 1e-5
+# How inputs are drawn: "normal" N(0,1); "large" q and k scaled by 8 (logits of std 64: exp without
+# max subtraction overflows fp32); "peaked" a quarter of the query rows copy a key scaled by 4, so
+# one key dominates; "strided" normal values in non-contiguous views.
+INPUT_KINDS = ("normal", "large", "peaked", "strided")
 _SLEEP_CYCLES = 2_000_000  # ~1 ms: long enough that a kernel on another stream runs first
+_SMALL_ELEMENTS = 1 << 22  # q of at most 4M elements: cheap enough to check with every input kind
 
 
-def random_inputs(config: ShapeConfig, seed: int, device="cuda"):
-    """q, k, v of `config`, standard normal, from a seeded generator (regenerable out of reach)."""
+def random_inputs(config: ShapeConfig, seed: int, device="cuda", kind: str = "normal"):
+    """q, k, v of `config` from a seeded generator (regenerable out of the kernel's reach)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     dtype = config.spec.torch_dtype
-    q = torch.randn(config.batch, config.seqlen_q, config.heads_q, config.head_dim, generator=gen, device=device,
-                    dtype=dtype)
-    k = torch.randn(config.batch, config.seqlen_k, config.heads_kv, config.head_dim, generator=gen, device=device,
-                    dtype=dtype)
-    v = torch.randn(config.batch, config.seqlen_k, config.heads_kv, config.head_dim, generator=gen, device=device,
-                    dtype=dtype)
+    b, sq, sk, hq, hkv, d = (config.batch, config.seqlen_q, config.seqlen_k, config.heads_q, config.heads_kv,
+                             config.head_dim)
+    q = torch.randn(b, sq, hq, d, generator=gen, device=device, dtype=torch.float32)
+    k = torch.randn(b, sk, hkv, d, generator=gen, device=device, dtype=torch.float32)
+    v = torch.randn(b, sk, hkv, d, generator=gen, device=device, dtype=torch.float32)
+    if kind == "large":
+        q, k = q * 8, k * 8
+    elif kind == "peaked":
+        rows = torch.randperm(sq, generator=gen, device=device)[:max(1, sq // 4)]
+        keys = torch.randint(0, sk, (rows.numel(),), generator=gen, device=device)
+        group = hq // hkv
+        q[:, rows] = 4 * k[:, keys].repeat_interleave(group, dim=2)
+    elif kind not in ("normal", "strided"):
+        raise ValueError(f"unknown input kind {kind!r}: use one of {INPUT_KINDS}")
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    if kind == "strided":
+        q, k, v = (_strided_copy(t) for t in (q, k, v))
     return q, k, v
+
+
+def _strided_copy(t: torch.Tensor) -> torch.Tensor:
+    """The same values as a non-contiguous (batch, seqlen, heads, head_dim) view: heads-major storage
+    with a padded row, last dim contiguous and 16-byte aligned, as the kernel contract allows."""
+    b, s, h, d = t.shape
+    storage = torch.empty(b, h, s + 3, d + 8, device=t.device, dtype=t.dtype)
+    view = storage[:, :, 1:s + 1, :d].transpose(1, 2)
+    view.copy_(t)
+    return view
 
 
 def check(fn, configs: list[ShapeConfig], seeds: int = 2, softmax_scale: float | None = None,
           base_seed: int | None = None) -> dict:
-    """Run `fn(q, k, v, out, lse, scale)` on each config with `seeds` fresh seeds.
-    Returns {"ok", "diagnosis", "shapes": [per-shape records]}; stops at the first failure."""
+    """Run `fn(q, k, v, out, lse, scale)` on each config: `seeds` checks per config, their input
+    kinds rotating through INPUT_KINDS (small configs get every kind). Returns {"ok", "diagnosis",
+    "shapes": [per-check records]}; stops at the first failure."""
     base_seed = random.SystemRandom().randrange(1 << 30) if base_seed is None else base_seed
     records = []
     stream = torch.cuda.Stream()
     for index, config in enumerate(configs):
-        for s in range(seeds):
+        small = config.batch * config.seqlen_q * config.heads_q * config.head_dim <= _SMALL_ELEMENTS
+        count = max(seeds, len(INPUT_KINDS)) if small else seeds
+        for s in range(count):
             seed = base_seed + 1000 * index + s
-            record = _check_one(fn, config, seed, softmax_scale, stream)
+            kind = INPUT_KINDS[s % len(INPUT_KINDS)] if small else INPUT_KINDS[(index + s) % len(INPUT_KINDS)]
+            record = _check_one(fn, config, seed, softmax_scale, stream, kind)
             records.append(record)
             if not record["ok"]:
-                return {"ok": False, "diagnosis": f"{config.name} (seed {seed}): {record['diagnosis']}",
+                return {"ok": False, "diagnosis": f"{config.name} ({kind} inputs, seed {seed}): {record['diagnosis']}",
                         "shapes": records}
     worst = max(records, key=lambda r: r["err"] / max(r["bound"], 1e-12)) if records else None
     summary = f"worst {worst['name']}: err {worst['err']:.2e} <= bound {worst['bound']:.2e}" if worst else ""
     return {"ok": True, "diagnosis": summary, "shapes": records}
 
 
-def _check_one(fn, config: ShapeConfig, seed: int, softmax_scale, stream) -> dict:
+def reference(q, k, v, causal: bool, scale: float, rows: tuple[int, int] | None = None) -> tuple:
+    """(fp32 out, fp32 lse, error bound), for the query rows `rows` (start, end) only if given: the
+    bound is twice what torch's own low-precision attention gets wrong on these inputs, plus 1e-5."""
+    ref_out, ref_lse = reference_attention(q, k, v, causal=causal, softmax_scale=scale, rows=rows)
+    lowp_out, _ = reference_attention(q, k, v, causal=causal, softmax_scale=scale, dtype=q.dtype, rows=rows)
+    torch_err = (lowp_out.float() - ref_out).abs().max().item() if ref_out.numel() else 0.0
+    return ref_out, ref_lse, 2 * torch_err + 1e-5
+
+
+def compare(out, lse, ref_out, ref_lse, bound: float) -> tuple[str, float]:
+    """("", max error) when out and lse match the reference, else (one-line diagnosis, error).
+    NaN never passes; LSE is -inf exactly where the reference's is, never +inf."""
+    poisoned = int(out.isnan().sum())
+    if poisoned:
+        return (f"{poisoned} of {out.numel()} output elements are NaN: never written (the poison) or NaN "
+                f"arithmetic"), float("nan")
+    diff = (out.float() - ref_out).abs()
+    err = diff.max().item() if diff.numel() else 0.0
+    if not err <= bound:
+        sq, hq, d = out.shape[1], out.shape[2], out.shape[3]
+        row = (diff.flatten().argmax().item() // (hq * d)) % sq
+        return f"output error {err:.3e} > bound {bound:.3e}; worst at query row {row} of {sq}", err
+    bad = int(lse.isnan().sum()) + int((lse == float("inf")).sum())
+    if bad:
+        return f"LSE holds {bad} NaN or +inf values", err
+    ref_masked = ref_lse == float("-inf")
+    if not torch.equal(lse == float("-inf"), ref_masked):
+        return ("LSE is -inf where the reference is finite, or finite where the reference is -inf "
+                "(rows that see no key)"), err
+    finite = ~ref_masked
+    # fp32 rounding of a large log-sum-exp (logits of hundreds) is ~1e-5 of it: the bound grows with it
+    excess = ((lse[finite] - ref_lse[finite]).abs() - LSE_RTOL * ref_lse[finite].abs()).max().item() \
+        if finite.any() else 0.0
+    if not excess <= LSE_ATOL:
+        return f"LSE error {excess:.3e} > {LSE_ATOL:.0e} (+{LSE_RTOL:.0e} relative)", err
+    return "", err
+
+
+def _check_one(fn, config: ShapeConfig, seed: int, softmax_scale, stream, kind: str = "normal") -> dict:
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.head_dim)
-    record = {"name": config.name, "seed": seed, "ok": False, "err": float("nan"), "bound": 0.0, "diagnosis": ""}
+    record = {"name": config.name, "seed": seed, "kind": kind, "ok": False, "err": float("nan"), "bound": 0.0,
+              "diagnosis": ""}
+    strided = kind == "strided"
     with torch.cuda.stream(stream):
-        q, k, v = random_inputs(config, seed)
-        stale = random_inputs(config, seed + 7919)  # what the buffers hold until the current stream writes
-        bq, bk, bv = (t.clone() for t in stale)
-        out = torch.full_like(q, float("nan"))
+        q, k, v = random_inputs(config, seed, kind=kind)
+        stale = random_inputs(config, seed + 7919, kind=kind)  # what the buffers hold until the current stream writes
+        bq, bk, bv = (_strided_copy(t) if strided else t.clone() for t in stale)
+        out = torch.full_like(q, float("nan"), memory_format=torch.contiguous_format)
+        out = _strided_copy(out) if strided else out
         lse = torch.full((config.batch, config.heads_q, config.seqlen_q), float("nan"), device="cuda")
         torch.cuda.synchronize()
         torch.cuda._sleep(_SLEEP_CYCLES)
@@ -80,35 +155,11 @@ def _check_one(fn, config: ShapeConfig, seed: int, softmax_scale, stream) -> dic
         fn(bq, bk, bv, out, lse, scale)
     torch.cuda.synchronize()  # a CUDA error of the candidate surfaces here
 
-    q, k, v = random_inputs(config, seed)  # regenerated: the candidate never saw these tensors
+    q, k, v = random_inputs(config, seed, kind=kind)  # regenerated: the candidate never saw these tensors
     if not (torch.equal(bq, q) and torch.equal(bk, k) and torch.equal(bv, v)):
         record["diagnosis"] = "the kernel modified its inputs q, k or v"
         return record
-    poisoned = int(out.isnan().sum())
-    if poisoned:
-        record["diagnosis"] = (f"{poisoned} of {out.numel()} output elements are NaN: never written "
-                               f"(the poison) or NaN arithmetic")
-        return record
-    ref_out, ref_lse = reference_attention(q, k, v, causal=config.causal, softmax_scale=scale)
-    lowp_out, _ = reference_attention(q, k, v, causal=config.causal, softmax_scale=scale, dtype=q.dtype)
-    err = (out.float() - ref_out).abs().max().item()
-    torch_err = (lowp_out.float() - ref_out).abs().max().item()
-    bound = 2 * torch_err + 1e-5
-    record.update(err=err, bound=bound, torch_err=torch_err)
-    if not err <= bound:
-        where = (out.float() - ref_out).abs().flatten().argmax().item()
-        row = (where // (config.heads_q * config.head_dim)) % config.seqlen_q
-        record["diagnosis"] = (f"output error {err:.3e} > bound {bound:.3e} (2 x torch {q.dtype} error "
-                               f"{torch_err:.3e}); worst at query row {row} of {config.seqlen_q}")
-        return record
-    finite = ref_lse.isfinite()
-    if not torch.equal(lse.isfinite(), finite):
-        record["diagnosis"] = "LSE is finite where the reference is -inf (or the reverse), or LSE holds NaN"
-        return record
-    lse_err = (lse[finite] - ref_lse[finite]).abs().max().item() if finite.any() else 0.0
-    record["lse_err"] = lse_err
-    if not lse_err <= LSE_ATOL:
-        record["diagnosis"] = f"LSE error {lse_err:.3e} > {LSE_ATOL:.0e}"
-        return record
-    record["ok"] = True
+    ref_out, ref_lse, bound = reference(q, k, v, config.causal, scale)
+    diagnosis, err = compare(out, lse, ref_out, ref_lse, bound)
+    record.update(err=err, bound=bound, ok=not diagnosis, diagnosis=diagnosis)
     return record

@@ -6,7 +6,12 @@ function's JSON result, error (it raised), timeout (killed at the limit, with it
 group) or crashed (died by a signal or exited without a result: segfault, illegal address, a
 corrupted CUDA context). Whatever happens, the caller's process and CUDA context are untouched.
 
-`python -m avo.worker TASK.json RESULT.json` is the child side.
+The result (and progress: `progress(stage=...)` from the running function) comes back on a pipe
+the parent created and the child inherited: there is no result file anyone else could write, and
+a verdict that did not arrive on it does not exist. The child's environment is scrubbed of
+secrets (API keys, tokens) and of avo's own settings.
+
+`python -m avo.worker TASK.json FD` is the child side.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import importlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -25,9 +31,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from avo.atomic import atomic_write
-
-__all__ = ["WorkerPool", "WorkerResult", "kill_live_workers", "map_per_gpu", "run_isolated"]
+__all__ = ["WorkerPool", "WorkerResult", "kill_live_workers", "map_per_gpu", "progress", "run_isolated",
+           "worker_environment"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,18 +58,25 @@ class WorkerResult:
 
 
 def run_isolated(function: str, args: dict | None = None, timeout_s: float = 600.0, gpu: int | None = None,
-                 env: dict | None = None) -> WorkerResult:
+                 env: dict | None = None, wrap: list[str] | None = None) -> WorkerResult:
+    """Run `function(**args)` in a fresh process; `wrap` prefixes the command (e.g. compute-sanitizer).
+    The last `progress(...)` the function reported is in `extra["progress"]`, also after a crash."""
     with tempfile.TemporaryDirectory(prefix="avo-worker-") as tmp:
-        task_path, result_path, stderr_path = Path(tmp, "task.json"), Path(tmp, "result.json"), Path(tmp, "stderr")
+        task_path, stderr_path = Path(tmp, "task.json"), Path(tmp, "stderr")
         task_path.write_text(json.dumps({"function": function, "args": args or {}}))
-        child_env = dict(os.environ if env is None else env)
-        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), child_env.get("PYTHONPATH")]))
+        child_env = worker_environment(env)
         if gpu is not None:
             child_env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        read_fd, write_fd = os.pipe()
+        channel = _Channel(read_fd)
         started = time.monotonic()
         with open(stderr_path, "w") as stderr:
-            proc = subprocess.Popen([sys.executable, "-m", "avo.worker", str(task_path), str(result_path)],
-                                    cwd=REPO, env=child_env, stdout=stderr, stderr=stderr, start_new_session=True)
+            try:
+                proc = subprocess.Popen([*(wrap or []), sys.executable, "-m", "avo.worker", str(task_path),
+                                         str(write_fd)], cwd=REPO, env=child_env, stdout=stderr, stderr=stderr,
+                                        start_new_session=True, pass_fds=(write_fd,))
+            finally:
+                os.close(write_fd)  # the child holds the only write end now
             with _live_lock:
                 _live.add(proc)
             try:
@@ -80,22 +92,72 @@ def run_isolated(function: str, args: dict | None = None, timeout_s: float = 600
             finally:
                 with _live_lock:
                     _live.discard(proc)
+        channel.join()
         seconds = time.monotonic() - started
         tail = stderr_path.read_text(errors="replace")[-4000:]
+        extra = {"progress": channel.progress}
         if timed_out:
             return WorkerResult("timeout", error=f"killed after {timeout_s:.0f} s", seconds=seconds,
-                                returncode=returncode, stderr_tail=tail)
-        if result_path.exists():
-            result = json.loads(result_path.read_text())
-            if result["ok"]:
+                                returncode=returncode, stderr_tail=tail, extra=extra)
+        result = channel.result
+        if result is not None:
+            if result.get("ok"):
                 return WorkerResult("ok", value=result["value"], seconds=seconds, returncode=returncode,
-                                    stderr_tail=tail)
-            return WorkerResult("error", error=result["error"], seconds=seconds, returncode=returncode,
-                                stderr_tail=result.get("traceback", "")[-4000:])
+                                    stderr_tail=tail, extra=extra)
+            return WorkerResult("error", error=str(result.get("error", "")), seconds=seconds, returncode=returncode,
+                                stderr_tail=str(result.get("traceback", ""))[-4000:], extra=extra)
         how = f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
         last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "")
         return WorkerResult("crashed", error=f"process died ({how}) {last[:300]}".strip(), seconds=seconds,
-                            returncode=returncode, stderr_tail=tail)
+                            returncode=returncode, stderr_tail=tail, extra=extra)
+
+
+# Never handed to a worker: anything that looks like a credential, and avo's own settings (paths a
+# candidate could point elsewhere).
+_SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION)", re.IGNORECASE)
+
+
+def worker_environment(env: dict | None = None) -> dict:
+    """The caller's environment (or `env`) without secrets and AVO_* settings, the repo on PYTHONPATH."""
+    base = dict(os.environ if env is None else env)
+    clean = {k: v for k, v in base.items() if not _SECRET.search(k) and not k.startswith("AVO_")}
+    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base.get("PYTHONPATH")]))
+    return clean
+
+
+class _Channel:
+    """Reads the worker's pipe in a thread: progress lines, then one result line."""
+
+    def __init__(self, fd: int):
+        self.progress: dict = {}
+        self.result: dict | None = None
+        self._thread = threading.Thread(target=self._read, args=(fd,), daemon=True)
+        self._thread.start()
+
+    def _read(self, fd: int) -> None:
+        with os.fdopen(fd, "r", errors="replace") as stream:
+            for line in stream:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(message, dict) and isinstance(message.get("progress"), dict):
+                    self.progress.update(message["progress"])
+                elif isinstance(message, dict) and "ok" in message:
+                    self.result = message
+
+    def join(self) -> None:
+        self._thread.join(timeout=30)
+
+
+_channel_out = None  # the child's end of the result pipe
+
+
+def progress(**facts) -> None:
+    """From inside a worker: report how far the task got (the parent keeps the latest facts)."""
+    if _channel_out is not None:
+        _channel_out.write(json.dumps({"progress": facts}) + "\n")
+        _channel_out.flush()
 
 
 # Workers running now, so that an interrupted caller can kill them (they have their own sessions,
@@ -183,20 +245,23 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _main(task_path: str, result_path: str) -> int:
+def _main(task_path: str, fd: str) -> int:
+    global _channel_out
     _die_with_parent()
+    _channel_out = os.fdopen(int(fd), "w")
     task = json.loads(Path(task_path).read_text())
     module_name, _, attr = task["function"].partition(":")
     try:
         function = getattr(importlib.import_module(module_name), attr)
         value = function(**task["args"])
-        json.dumps(value)  # the result must cross the process boundary as JSON
         payload = {"ok": True, "value": value}
+        line = json.dumps(payload)  # the result must cross the process boundary as JSON
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        payload = {"ok": False, "error": f"{type(exc).__name__}: {first[:500]}",
-                   "traceback": traceback.format_exc()}
-    atomic_write(result_path, json.dumps(payload))
+        line = json.dumps({"ok": False, "error": f"{type(exc).__name__}: {first[:500]}",
+                           "traceback": traceback.format_exc()})
+    _channel_out.write(line + "\n")
+    _channel_out.close()
     return 0
 
 

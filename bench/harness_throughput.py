@@ -5,7 +5,8 @@ with warm compile caches, as evolution sees them once a knob set or an edit has 
 
 Takes the knob assignments recorded in the lineage (distinct ones, up to --count), renders them,
 compiles each for the suite first (the warm-up, not timed), then runs the full cascade (compile
-from cache, correctness, interleaved timing vs the seed, recheck) on each and prints the rate.
+from cache, correctness, paired adaptive timing vs the seed with timed outputs checked, sanitizer
+on a commit) on each and prints the rate.
 """
 
 import argparse
@@ -53,7 +54,7 @@ def main() -> int:
     with ProcessPoolExecutor(max_workers=max(1, min(8, (os.cpu_count() or 2) - 1))) as pool:
         list(pool.map(_warm, jobs))
     started = time.monotonic()
-    verdicts = [evaluate(s, suite=args.suite, incumbent=seed, seeds=1, rounds=2, timeout_s=300) for s in sources]
+    verdicts = [evaluate(s, suite=args.suite, incumbent=seed, seeds=1, timeout_s=300) for s in sources]
     seconds = time.monotonic() - started
     rate = 3600 * len(sources) / seconds
     rows = [{"source": Path(s).name, "status": v.status, "seconds": v.timing.get("total"), "ratio": v.ratio}

@@ -12,7 +12,8 @@ def _report(compare=False):
               "geomean": {"avo": (600 * 400) ** 0.5, "fa4": (650 * 500) ** 0.5}, "compile_seconds": {"x": 2.0},
               "kernel": "v0002"}
     if compare:
-        report["compare"] = {"kernel": "v0000", "scores": {"a": 500.0, "b": 400.0}, "ratio": 1.0954, "noise": 0.004}
+        report["compare"] = {"kernel": "v0000", "scores": {"a": 500.0, "b": 400.0}, "ratio": 1.0954,
+                             "ratio_ci": [1.0911, 1.0998], "pairs": 64, "excluded": 2}
         report["geomean"]["compare"] = (500 * 400) ** 0.5
     return report
 
@@ -30,7 +31,8 @@ def test_report_with_a_kernel_compared_in_the_same_run():
     text = format_report(_report(compare=True))
     row_b = next(line for line in text.splitlines() if line.startswith("b "))
     assert row_b.split()[1:] == ["400.0", "400.0", "500.0", "-", "1.000", "0.800", "-"]
-    assert "v0002 / v0000 in the same run: 1.0954 (noise 0.40%)" in text
+    assert ("v0002 / v0000 in the same run (paired, speed): 1.0954x [1.0911, 1.0998] 95% CI, 64 pairs, "
+            "2 excluded") in text
 
 
 def test_resolve_best_and_errors(tmp_path):

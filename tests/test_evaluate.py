@@ -1,12 +1,13 @@
-"""The cascade's CPU-side parts: fitness, the commit rule with noise, static checks, and the whole
-cascade in compile-only mode."""
+"""The cascade's CPU-side parts: fitness, the commit rule on the paired estimate's interval, static
+checks, and the whole cascade in compile-only mode."""
 
 import math
 
 import pytest
 
 from avo import jit
-from avo.evaluate import NOISE_CAP, NOISE_FLOOR, commit_decision, evaluate, geomean, static_check
+from avo.evaluate import Verdict, _decide, evaluate, geomean, static_check
+from avo.stats import COMMIT_TOLERANCE
 
 
 def test_geomean_is_zero_on_any_failure():
@@ -15,32 +16,49 @@ def test_geomean_is_zero_on_any_failure():
     assert geomean([2.0] * 7) == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize("ratio, noise, expected", [
-    (None, 0.01, (True, False)),  # no incumbent: the first correct kernel is committed
-    (1.000, 0.01, (True, False)),  # a tie is "not slower"
-    (0.995, 0.01, (True, False)),  # slower, but within the measured noise
-    (0.985, 0.01, (False, False)),  # slower beyond the noise
-    (1.005, 0.01, (True, False)),  # faster, but not beyond the noise: no claimed gain
-    (1.020, 0.01, (True, True)),  # a real gain
-    (0.999, 0.0, (True, False)),  # the noise floor applies when spread was ~0
-    (0.997, 0.0, (False, False)),
-    (0.986, 0.05, (False, False)),  # a noisy run forgives at most NOISE_CAP of slowdown
-    (0.992, 0.05, (True, False)),
-    (1.040, 0.05, (True, False)),  # and a gain must still clear the whole noise
-    (1.060, 0.05, (True, True)),
+def _measured(lo: float, hi: float, ratio: float | None = None) -> Verdict:
+    ratio = ratio if ratio is not None else math.sqrt(lo * hi)
+    return Verdict("measured", "benchmark", scores={"a": 500.0, "b": 400.0}, incumbent_scores={"a": 490.0, "b": 400.0},
+                   estimate={"ratio": ratio, "ratio_ci": [lo, hi], "pairs": 32, "excluded": 1, "per_config": {}})
+
+
+@pytest.mark.parametrize("lo, hi, status, gain", [
+    (0.997, 1.003, "committed", False),  # a tie within the tolerance is "not slower"
+    (1.0 - COMMIT_TOLERANCE, 1.01, "committed", False),  # the boundary itself clears it
+    (0.994, 1.002, "rejected", False),  # might be more than the tolerance slower: not shown, not committed
+    (0.980, 0.990, "rejected", False),  # slower beyond doubt
+    (1.004, 1.012, "committed", True),  # the whole interval above 1: a gain
 ])
-def test_commit_rule_with_noise(ratio, noise, expected):
-    assert commit_decision(ratio, noise) == expected
-    assert (NOISE_FLOOR, NOISE_CAP) == (0.002, 0.01)
+def test_commit_rule_is_on_the_confidence_interval(lo, hi, status, gain):
+    verdict = _measured(lo, hi)
+    _decide(verdict)
+    assert (verdict.status, verdict.gain) == (status, gain)
+    assert verdict.ratio_ci == [lo, hi] and verdict.noise == pytest.approx((hi - lo) / 2)
+    assert verdict.geomean == pytest.approx(math.sqrt(500.0 * 400.0))
+    assert f"[{lo:.4f}, {hi:.4f}]" in verdict.diagnosis
+    assert COMMIT_TOLERANCE == 0.005
+
+
+def test_without_an_incumbent_the_first_correct_kernel_commits():
+    verdict = Verdict("measured", "benchmark", scores={"a": 300.0}, vs_baselines={"fa4": {"ratio": 0.97,
+                                                                                          "ratio_ci": [0.96, 0.98]}})
+    _decide(verdict)
+    assert verdict.status == "committed" and verdict.ratio is None
+    assert "0.9700x fa4 [0.9600, 0.9800]" in verdict.diagnosis
+
+
+def test_a_verdict_with_unknown_fields_is_refused():
+    with pytest.raises(ValueError, match="unknown verdict fields"):
+        Verdict.from_dict({"status": "committed", "stage": "done", "forged": True})
 
 
 @pytest.mark.parametrize("line, message", [
     ("import torch", "import of 'torch'"),
     ("import os", "import of 'os'"),
-    ("from avo import timing", "import of 'avo'"),
+    ("from avo import timing", "import from 'avo'"),
     ("import threading", "import of 'threading'"),
-    ("x = eval('1')", "eval()"),
-    ("f = open('/tmp/x')", "open()"),
+    ("x = eval('1')", "name 'eval'"),
+    ("f = open('/tmp/x')", "name 'open'"),
     ("g = math.__dict__", "__dict__"),
 ])
 def test_static_check_rejects_what_could_game_the_harness(line, message):
@@ -52,8 +70,9 @@ def test_static_check_rejects_what_could_game_the_harness(line, message):
 def test_static_check_accepts_the_templates_and_needs_an_entry():
     for template in ("naive_attention", "flash_fwd_sm90"):
         assert static_check(jit.render(template).read_text()) == (True, "")
-    assert static_check("import math\nX = 1\n") == (False, "the module does not define KERNEL (the kernel class)")
-    assert static_check("def f(:\n")[1].startswith("syntax error at line 1")
+    assert static_check("import math\nX = 1\n") == (False, "line 1: the module does not assign KERNEL (the kernel "
+                                                           "class) at top level")
+    assert static_check("def f(:\n")[1].startswith("line 1: syntax error")
 
 
 def test_compile_only_cascade_screens_and_reports(tmp_path):

@@ -39,3 +39,15 @@ def test_bad_suites_are_one_line_errors(tmp_path, text, message):
         load_suite(str(path))
     with pytest.raises(SuiteError, match="known suites are"):
         load_suite("no_such_suite")
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa", "paper", "quick", "hdim64", "hdim256", "tiny", "zoo"])
+def test_every_gating_suite_checks_ragged_batches_both_ways_for_each_head_layout(name):
+    """A K/V batch stride computed from seqlen_q, or a causal diagonal aligned top-left, passes any
+    suite whose shapes have seqlen_q == seqlen_k or a single batch; every head layout must see both."""
+    suite = load_suite(name)
+    checks = suite.correctness
+    for layout in {(c.heads_q // c.heads_kv, c.causal) for c in suite.timed + checks}:
+        mine = [c for c in checks if (c.heads_q // c.heads_kv, c.causal) == layout and c.batch > 1]
+        assert any(c.seqlen_q < c.seqlen_k for c in mine), (name, layout)
+        assert any(c.seqlen_q > c.seqlen_k for c in mine), (name, layout)

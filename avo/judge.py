@@ -1,0 +1,165 @@
+"""The judge: the GPU stages of the cascade, run in a fresh worker process (avo.worker) that loads
+compiled artifacts only. It never imports a kernel module: a candidate's Python ran earlier, in the
+compile sandbox, and all that reached this process is the cache entry (an object file checked and
+linked by avo.jit, loaded through tvm_ffi). Its verdict goes back on the worker's result pipe.
+
+    correctness (avo.verify) -> timing (avo.timing, paired, adaptive) -> the commit decision (avo.stats)
+
+`sanitize` is the compute-sanitizer stage's payload: one small call per specialization.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+__all__ = ["judge", "sanitize"]
+
+
+def judge(entries: dict, incumbent: dict | None, suite: str, seeds: int, baselines: list, stop_after: str | None,
+          sampling: dict) -> dict:
+    """entries / incumbent: {spec key: cache entry dir} for this GPU's arch. Returns the verdict
+    fields of the GPU stages (avo.evaluate.Verdict)."""
+
+    from avo import stats, timing, verify
+    from avo.suites import load_suite
+    from avo.telemetry import Telemetry
+    from avo.worker import progress
+
+    suite_obj = load_suite(suite)
+    kernels = {"candidate": _load(entries, suite_obj)}
+    if incumbent:
+        kernels["incumbent"] = _load(incumbent, suite_obj)
+    verdict: dict = {"timing": {}}
+    zero = {c.name: 0.0 for c in suite_obj.timed}
+
+    progress(stage="correctness")
+    t0 = time.monotonic()
+    try:
+        result = _check_all(verify, kernels["candidate"], list(suite_obj.correctness) + list(suite_obj.timed), seeds)
+    except RuntimeError as exc:
+        return _cuda_error(verdict, "correctness", exc, zero)
+    verdict["timing"]["correctness"] = round(time.monotonic() - t0, 2)
+    verdict["correctness"] = {"ok": result["ok"], "diagnosis": result["diagnosis"], "checked": result["checked"]}
+    if not result["ok"]:
+        return {**verdict, "status": "failed_correctness", "stage": "correctness", "diagnosis": result["diagnosis"],
+                "scores": zero}
+    if stop_after == "correctness":
+        return {**verdict, "status": "screened", "stage": "correctness",
+                "diagnosis": f"correct ({result['diagnosis']}); not timed"}
+
+    progress(stage="benchmark")
+    t0 = time.monotonic()
+    telemetry = Telemetry()
+
+    def needs_more(m) -> bool:
+        if "incumbent" not in kernels:
+            return False
+        rounds = min(len(r) for r in m.flags.values())
+        try:
+            estimate = stats.paired_ratio(m.pairs(), flags=m.flags)
+        except ValueError:  # too few usable pairs yet (throttled rounds): keep sampling
+            return True
+        return stats.needs_more(estimate, pairs_so_far=rounds, cap=sampling.get("max_rounds", 64))
+
+    try:
+        m = timing.measure(list(suite_obj.timed), kernels, tuple(baselines), needs_more=needs_more,
+                           min_rounds=sampling.get("min_rounds", 8), max_rounds=sampling.get("max_rounds", 64),
+                           block=sampling.get("min_rounds", 8), telemetry=telemetry)
+    except timing.TimedOutputError as exc:
+        verdict["timing"]["benchmark"] = round(time.monotonic() - t0, 2)
+        return {**verdict, "status": "failed_correctness", "stage": "benchmark", "diagnosis": str(exc), "scores": zero}
+    except RuntimeError as exc:
+        return _cuda_error(verdict, "benchmark", exc, zero)
+    verdict["timing"]["benchmark"] = round(time.monotonic() - t0, 2)
+
+    tflops = {name: {} for name in ("candidate", "incumbent", *baselines)}
+    for config in suite_obj.timed:
+        for name in m.times[config.name]:
+            tflops[name][config.name] = config.flops / (m.median_ms(config.name, name) * 1e-3) / 1e12
+    peak = timing.peak_tflops()
+    over = [(c, t) for c, t in tflops["candidate"].items() if t > peak]
+    if over:
+        config, value = over[0]
+        return {**verdict, "status": "failed_correctness", "stage": "benchmark", "scores": zero,
+                "diagnosis": f"{config}: {value:.0f} TFLOPS is above the chip's dense BF16 peak {peak:.0f}: "
+                             "a timing bug or skipped work"}
+    measured = {"scores": tflops["candidate"], "incumbent_scores": tflops.get("incumbent", {}),
+                "baselines": {b: tflops[b] for b in baselines if tflops.get(b)},
+                "measurement": {"rounds": {c: len(f) for c, f in m.flags.items()}, "launches": m.launches,
+                                "checks": m.checks, "excluded_rounds": sum(sum(f) for f in m.flags.values()),
+                                "power_capped_rounds": m.power_capped, "telemetry": m.telemetry,
+                                "missing_baselines": m.missing}}
+    if "incumbent" in kernels:
+        estimate = stats.paired_ratio(m.pairs(), flags=m.flags)
+        measured["estimate"] = {k: v for k, v in estimate.as_dict().items()}
+    versus = {}
+    for name in baselines:
+        if name in m.missing:
+            continue
+        try:
+            vs = stats.relative_ratio({c: t[name] for c, t in m.times.items()},
+                                      {c: t["candidate"] for c, t in m.times.items()}, flags=m.flags)
+        except ValueError:
+            continue
+        versus[name] = {"ratio": vs.ratio, "ratio_ci": [vs.lo, vs.hi]}
+    measured["vs_baselines"] = versus
+    return {**verdict, **measured, "status": "measured", "stage": "benchmark"}
+
+
+def sanitize(entries: dict, suite: str) -> dict:
+    """One small call of each specialization, for compute-sanitizer to watch; then a sync so an
+    error surfaces. Returns {"calls": n}."""
+    import torch
+
+    from avo.suites import ShapeConfig, load_suite
+    from avo.verify import random_inputs
+
+    suite_obj = load_suite(suite)
+    kernels = _load(entries, suite_obj)
+    calls = 0
+    for spec, fn in kernels.items():
+        group = spec.qhead_per_kvhead
+        # ragged on purpose: a partial tile in both directions, seqlen_q != seqlen_k, two batches
+        config = ShapeConfig("sanitize", 2, 200, 333, 2 * group, 2, spec.head_dim, spec.causal, spec.dtype)
+        q, k, v = random_inputs(config, 1234)
+        o = torch.empty_like(q)
+        lse = torch.empty(config.batch, config.heads_q, config.seqlen_q, device="cuda")
+        fn(q, k, v, o, lse, 1.0 / math.sqrt(config.head_dim))
+        torch.cuda.synchronize()
+        calls += 1
+    return {"calls": calls}
+
+
+def _load(entries: dict, suite_obj) -> dict:
+    from avo import jit
+
+    kernels = {}
+    for spec in suite_obj.specs:
+        entry = entries.get(spec.key())
+        if entry is None:
+            raise KeyError(f"no compiled kernel for {spec.key()}")
+        kernels[spec] = jit.load_callable(Path(entry))
+    return kernels
+
+
+def _check_all(verify, kernels, configs, seeds) -> dict:
+    checked = 0
+    worst = ""
+    for config in configs:
+        result = verify.check(kernels[config.spec], [config], seeds=seeds)
+        checked += len(result["shapes"])
+        if not result["ok"]:
+            return {"ok": False, "diagnosis": result["diagnosis"], "checked": checked}
+        worst = result["diagnosis"]
+    return {"ok": True, "diagnosis": f"{checked} checks passed ({worst})", "checked": checked}
+
+
+def _cuda_error(verdict: dict, stage: str, exc: RuntimeError, zero: dict) -> dict:
+    """A CUDA error poisons this process's context: report it and end here."""
+    if "CUDA" not in str(exc) and "cuda" not in str(exc):
+        raise exc
+    first = str(exc).strip().splitlines()[0][:300]
+    return {**verdict, "status": "crashed", "stage": stage, "diagnosis": f"CUDA error during {stage}: {first}",
+            "scores": zero}
