@@ -1,0 +1,80 @@
+"""Knob space of the Blackwell (sm_100a) FlashAttention forward seed kernel (`template.py.j2`).
+
+A `Knobs` instance is rendered into the template as literals; together with the source hash and
+the cutlass-dsl version it is the compile-cache key, hence frozen. `SPACE` declares the values each
+field may take; a combination drawn from SPACE is either implemented or rejected by the kernel's
+`can_implement(spec)` with a reason (tensor memory, shared memory or register budget).
+
+No row below is a measurement: there is no B200 here. The defaults follow FA4's published
+choices for this chip (flash_attn/cute/flash_fwd_sm100.py, 4.0.0b36) and are compile- and
+resource-checked only (knowledge/blackwell.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+__all__ = ["Knobs", "SPACE", "DEFAULTS", "default_knobs", "smem_bytes", "tmem_columns"]
+
+
+@dataclass(frozen=True)
+class Knobs:
+    # Keys per K/V block: the N of S = Q K^T and the K of O += P V. S takes tile_n TMEM columns
+    # per Q tile, P (16 bit) tile_n / 2 of them, inside S.
+    tile_n: int = 128
+    kv_stages: int = 2  # depth of the K and of the V TMA pipelines (each has its own mbarriers)
+    softmax_regs: int = 192  # setmaxnreg of each of the two softmax warp groups
+    correction_regs: int = 80  # setmaxnreg of the correction warp group
+    other_regs: int = 48  # setmaxnreg of the MMA / load / epilogue warp group
+    # Of every ex2_emu_period 16-column chunks of S, the last is exponentiated on the FMA pipes
+    # (degree-3 polynomial) instead of MUFU; 0 = all on MUFU.
+    ex2_emu_period: int = 0
+    # Conditional rescaling: the running row max is only raised when the new max exceeds it by
+    # more than this many powers of two (P stays <= 2^threshold); 0.0 = always exact max.
+    rescale_threshold: float = 0.0
+
+    def replace(self, **kw) -> Knobs:
+        return replace(self, **kw)
+
+
+SPACE: dict[str, tuple] = {
+    "tile_n": (64, 128),
+    "kv_stages": (1, 2, 3),
+    "softmax_regs": (160, 176, 184, 192, 200, 208),
+    "correction_regs": (56, 64, 80, 96),
+    "other_regs": (24, 32, 48, 56),
+    "ex2_emu_period": (0, 2, 3, 4),
+    "rescale_threshold": (0.0, 8.0),
+}
+assert set(SPACE) == {f.name for f in fields(Knobs)}
+
+# Default knobs per head_dim: the fields that differ from Knobs(). Not measured (no B200): FA4's
+# register split for its 1-CTA tiles (192 / 80 at d > 64, 200 / 64 at d <= 64) and its default
+# rescale threshold of 8 for causal and non-causal alike.
+DEFAULTS: dict[int, dict] = {
+    64: dict(tile_n=128, kv_stages=3, softmax_regs=200, correction_regs=64, other_regs=48),
+    128: dict(tile_n=128, kv_stages=2, softmax_regs=192, correction_regs=80, other_regs=48),
+}
+
+
+def default_knobs(spec) -> Knobs:
+    """Knobs for an `avo.spec.AttentionSpec`: the DEFAULTS row of the nearest head_dim at or above
+    spec.head_dim (the largest row for anything bigger, which can_implement then rejects)."""
+    hd = min((h for h in DEFAULTS if h >= spec.head_dim), default=max(DEFAULTS))
+    return Knobs(**DEFAULTS[hd])
+
+
+def tmem_columns(head_dim: int, k: Knobs) -> int:
+    """TMEM columns the layout uses: S0, S1 (tile_n each, P inside) and O0, O1 (head_dim each)."""
+    return 2 * k.tile_n + 2 * head_dim
+
+
+def smem_bytes(head_dim: int, elem_bytes: int, k: Knobs) -> int:
+    """Dynamic shared memory the kernel allocates: two Q tiles (O is staged in their place), K and
+    V stages, barriers and row statistics; each buffer aligned to 1 KB."""
+    def align(x):
+        return (x + 1023) // 1024 * 1024
+
+    q = align(2 * 128 * head_dim * elem_bytes)
+    kv = 2 * align(k.kv_stages * k.tile_n * head_dim * elem_bytes)
+    return 1024 + q + kv + align(2 * 2 * 128 * 4)
