@@ -52,3 +52,14 @@ def test_callable_level_cheats_fail_verification(wrapper, words):
     assert verify.check(kernel.fn, [config], seeds=2)["ok"]  # the honest kernel passes
     result = verify.check(wrapper(kernel.fn), [config], seeds=2)
     assert not result["ok"] and words in result["diagnosis"], result["diagnosis"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(STATE_CHEATS))
+def test_a_kernel_that_reuses_a_previous_output_gains_nothing(name, tmp_path):
+    """Every timed call's buffers are poisoned first, so the cheat never finds an output to reuse:
+    it is correct, does all its work, and the paired estimate against the honest kernel shows no gain."""
+    honest = jit.render("naive_attention")
+    verdict = evaluate(make_variant(name, tmp_path), suite="zoo", incumbent=honest, sanitize=False, timeout_s=300)
+    assert verdict.status in ("committed", "rejected"), verdict.diagnosis
+    assert not verdict.gain and verdict.ratio_ci[0] < 1.0, verdict.diagnosis

@@ -1,0 +1,87 @@
+"""The timing sampler: what it hands the estimator (CPU), and what a kernel that games the timed
+calls runs into (GPU): outputs poisoned before every sample, one timed output per block checked,
+inputs regenerated in place so that a cache keyed on pointers goes stale."""
+
+import pytest
+
+from avo import timing
+from avo.suites import load_suite
+from avo.telemetry import HARD_THROTTLE, Telemetry
+
+
+def test_measurement_pairs_and_medians_skip_flagged_rounds():
+    m = timing.Measurement(times={"a": {"incumbent": [2.0, 2.2, 9.0], "candidate": [1.0, 1.1, 1.2]}},
+                           flags={"a": [False, False, True]})
+    assert m.pairs() == {"a": [(2.0, 1.0), (2.2, 1.1), (9.0, 1.2)]}  # flags travel beside, for the estimator
+    assert m.median_ms("a", "incumbent") == pytest.approx(2.1)  # the throttled 9.0 is not in the median
+    assert m.median_ms("a", "candidate") == pytest.approx(1.05)
+
+
+def test_telemetry_flags_only_the_throttling_the_chip_does_to_itself():
+    assert Telemetry.throttled({"reasons": 0x40}) and Telemetry.throttled({"reasons": 0x8})
+    assert not Telemetry.throttled({"reasons": 0x4})  # the software power cap: both kernels of a pair see it
+    assert Telemetry.power_capped({"reasons": 0x4}) and not Telemetry.throttled(None)
+    assert HARD_THROTTLE == 0x8 | 0x20 | 0x40 | 0x80
+
+
+def _honest_kernel():
+    from avo import jit
+
+    config = next(c for c in load_suite("zoo").timed if not c.causal)
+    kernel = jit.compile_kernel(jit.render("naive_attention"), config.spec, trusted=True)
+    return config, kernel.fn
+
+
+@pytest.mark.gpu
+def test_a_kernel_that_skips_work_once_warm_is_caught_while_timed():
+    config, fn = _honest_kernel()
+    calls = []
+
+    def lazy(q, k, v, o, lse, scale):
+        calls.append(1)
+        if len(calls) <= 2:  # the warm-up and calibration calls do the work
+            fn(q, k, v, o, lse, scale)
+
+    with pytest.raises(timing.TimedOutputError, match="unwritten"):
+        timing.measure([config], {"candidate": {config.spec: lazy}, "incumbent": {config.spec: fn}}, seed=1)
+
+
+@pytest.mark.gpu
+def test_a_kernel_that_serves_a_cached_output_is_caught_while_timed():
+    import torch
+
+    config, fn = _honest_kernel()
+    cache = {}
+
+    def stale(q, k, v, o, lse, scale):
+        if "o" not in cache:
+            fn(q, k, v, o, lse, scale)
+            torch.cuda.synchronize()
+            cache.update(o=o.clone(), lse=lse.clone())
+        o.copy_(cache["o"])
+        lse.copy_(cache["lse"])
+
+    with pytest.raises(timing.TimedOutputError, match="output is wrong"):
+        timing.measure([config], {"candidate": {config.spec: stale}, "incumbent": {config.spec: fn}}, seed=2)
+
+
+@pytest.mark.gpu
+def test_a_kernel_that_writes_its_inputs_is_caught_while_timed():
+    config, fn = _honest_kernel()
+
+    def vandal(q, k, v, o, lse, scale):
+        fn(q, k, v, o, lse, scale)
+        v.zero_()  # later calls see zeros: faster, and the output still matches inputs read afterwards
+
+    with pytest.raises(timing.TimedOutputError, match="inputs changed"):
+        timing.measure([config], {"candidate": {config.spec: vandal}, "incumbent": {config.spec: fn}}, seed=3)
+
+
+@pytest.mark.gpu
+def test_an_honest_pair_gives_paired_samples_and_checked_outputs():
+    config, fn = _honest_kernel()
+    m = timing.measure([config], {"candidate": {config.spec: fn}, "incumbent": {config.spec: fn}}, min_rounds=8,
+                       seed=4)
+    pairs = m.pairs()[config.name]
+    assert len(pairs) == 8 and all(a > 0 and b > 0 for a, b in pairs)
+    assert m.checks == 1 and m.launches[config.name] >= 1
