@@ -504,6 +504,7 @@ class _Window:
         self.limit = max(1024, window - endpoint.max_tokens - 256)
         self.chars_per_token = 3.0  # conservative until the server reports usage
         self.used = 0  # tokens of the conversation at the last fit
+        self.overhead = len(json.dumps(tools.openai_tools()))  # the tool schemas ride along on every request
 
     def calibrate(self, response, messages: list) -> None:
         usage = getattr(response, "usage", None)
@@ -518,7 +519,7 @@ class _Window:
         """Elide, oldest first, long tool results and long tool-call arguments; then shorten all
         but the newest messages; then drop the oldest turns. The system prompt, the brief and the
         newest exchange stay."""
-        budget = int(self.limit * self.chars_per_token)
+        budget = int(self.limit * self.chars_per_token) - self.overhead
         self.used = int(_chars(messages) / self.chars_per_token)
         for keep, cut in ((4, 1000), (1, 300)):
             for m in messages[2:len(messages) - keep]:

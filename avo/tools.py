@@ -474,14 +474,14 @@ def sass_loops(instrs: list[dict]) -> list[dict]:
     return sorted(loops, key=lambda x: -x["instructions"])
 
 
-_PTX_SKIP = re.compile(r"^\s*(?:$|//|\.|\{|\}|[$\w]+:)")
+_PTX_SKIP = re.compile(r"^\s*(?:$|//|\.|\{|\}|\(|\)|[$\w]+:)")
 
 
 def parse_ptx(text: str) -> list[dict]:
     """PTX text -> [{"function", "line", "op", "text"}] for each instruction."""
     out, function = [], ""
     for number, line in enumerate(text.splitlines(), 1):
-        m = re.match(r"^\s*\.(?:visible\s+|weak\s+)?(?:entry|func)\s+(?:\([^)]*\)\s*)?([\w$]+)", line)
+        m = re.match(r"^\s*(?:\.(?:visible|weak|extern)\s+)*\.(?:entry|func)\s+(?:\([^)]*\)\s*)?([\w$]+)", line)
         if m:
             function = m.group(1)
             continue

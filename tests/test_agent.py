@@ -21,8 +21,8 @@ SECRET = "sk-avo-test-0123456789-SECRET"
 
 
 class ScriptedServer:
-    """Replays `script`: each item is an assistant message dict, ("status", code), ("sleep", s) or
-    "echo_auth" (an assistant reply whose text is the request's Authorization header)."""
+    """Replays `script`: each item is an assistant message dict, ("status", code[, message[, headers]]),
+    ("sleep", s) or "echo_auth" (an assistant reply whose text is the request's Authorization header)."""
 
     def __init__(self, script):
         self.script, self.requests = list(script), []
@@ -36,8 +36,10 @@ class ScriptedServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
                 item = server.script.pop(0) if server.script else {"content": "script exhausted"}
-                if isinstance(item, tuple) and item[0] == "status":
-                    self._send(item[1], {"error": {"message": "scripted failure", "type": "server_error"}})
+                if isinstance(item, tuple) and item[0] == "status":  # ("status", code[, message[, headers]])
+                    message = item[2] if len(item) > 2 else "scripted failure"
+                    self._send(item[1], {"error": {"message": message, "type": "server_error"}},
+                               item[3] if len(item) > 3 else {})
                     return
                 if isinstance(item, tuple) and item[0] == "sleep":
                     time.sleep(item[1])
@@ -52,10 +54,12 @@ class ScriptedServer:
                                               "finish_reason": "tool_calls" if item.get("tool_calls") else "stop"}],
                                  "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}})
 
-            def _send(self, code, payload):
+            def _send(self, code, payload, headers=None):
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(code)
+                    for key, value in (headers or {}).items():
+                        self.send_header(key, value)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
