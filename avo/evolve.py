@@ -189,41 +189,9 @@ class Run:
         return True
 
     def step_agent(self, redirect) -> None:
-        from avo.agent import EndpointConfig, StepBudget, run_agent_step
-        from avo.supervisor import record_from_step
-        from avo.workbench import HarnessWorkbench
+        from avo.workbench import run_step
 
-        cfg = self.config
-        parent = (redirect.fork_from if redirect and redirect.fork_from else None) or self.incumbent().id
-        text = self.lineage.source(parent)
-        parent_node = self.lineage.get(parent)
-        node = self.reserve("agent", [parent], text, template=parent_node.template, knobs=parent_node.knobs)
-        endpoint = EndpointConfig(**dataclasses.asdict(cfg.endpoint))
-        budget = StepBudget(cfg.agent.max_turns, cfg.agent.max_tokens_per_step, cfg.agent.max_seconds_per_step)
-        workbench = HarnessWorkbench(self, node)
-        transcript = self.dir / "transcripts" / f"{node.id}.jsonl"
-        transcript.parent.mkdir(exist_ok=True)
-        result = run_agent_step(endpoint, self.lineage, workbench, node.source_path, budget,
-                                directions=redirect.directions if redirect else "", parent_id=parent,
-                                log_path=transcript)
-        tokens = result.tokens_in + result.tokens_out
-        self.state["tokens"] += tokens
-        final = self.lineage.get(node.id)
-        cost = {"tokens": tokens, "tokens_in": result.tokens_in, "tokens_out": result.tokens_out,
-                "cost_usd": result.cost_usd, "turns": result.turns, "seconds": round(result.seconds, 1)}
-        fields = {"cost": cost, "rationale": result.rationale,
-                  "extra": {**final.extra, "transcript": str(transcript), "outcome": result.outcome,
-                            "edit_hash": result.edit_hash, "diff": result.diff[-20000:], "errors": result.errors,
-                            "refused": result.refused, "tool_calls": result.tool_calls}}
-        if final.status == "pending":  # the agent never submitted: recorded with why
-            fields.update(status="rejected", diagnosis=f"not submitted: {result.outcome}"
-                          + (f" ({result.errors[-1][:200]})" if result.errors else ""))
-            self.state["candidates"] += 1
-            self.progress.event("candidate", id=node.id, operator="agent", status="rejected", geomean=0.0,
-                                diagnosis=fields["diagnosis"], tokens=tokens, cost_usd=result.cost_usd)
-        self.lineage.update(node.id, **fields)
-        self.state["steps"].append(dataclasses.asdict(record_from_step(len(self.state["steps"]), result, parent)))
-        self.save_state()
+        run_step(self, redirect)  # reserve a node, run the model's step, record it (avo.workbench)
 
     def loop(self) -> str:
         operator_name = self.config.resolved_operator()
@@ -259,18 +227,9 @@ class Run:
         return reason
 
     def _supervise(self):
-        from avo.agent import EndpointConfig
-        from avo.supervisor import StepRecord, SupervisorConfig, review
+        from avo.workbench import supervise
 
-        cfg = self.config.supervisor
-        records = [StepRecord(**r) for r in self.state["steps"]]
-        redirect = review(records, self.lineage.nodes(), SupervisorConfig(cfg.stall_steps, cfg.repeat_limit,
-                                                                          cfg.fork_within),
-                          endpoint=EndpointConfig(**dataclasses.asdict(self.config.endpoint)))
-        if redirect is not None:
-            self.progress.event("supervisor", by=redirect.by, fork_from=redirect.fork_from,
-                                findings=[f.kind for f in redirect.findings], directions=redirect.directions[:500])
-        return redirect
+        return supervise(self)
 
 
 def _interrupt_on(*signals) -> None:
