@@ -48,12 +48,14 @@ SPACE: dict[str, tuple] = {
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 
-# Default knobs per head_dim: the fields that differ from Knobs(). Not measured (no B200): FA4's
-# register split for its 1-CTA tiles (192 / 80 at d > 64, 200 / 64 at d <= 64) and its default
-# rescale threshold of 8 for causal and non-causal alike.
+# Default knobs per head_dim: the fields that differ from Knobs(). Not timed (no B200). The
+# register split is FA4's for d > 64 (192 / 80 / 48); FA4's d <= 64 split (200 / 64 / 48) left
+# 8 bytes of stack (a spill) in this kernel's cubin at d64, 192 / 80 none (compile report,
+# 2026-11-22). K/V stages: as many as 227 KB of shared memory holds (3 at d64, 2 at d128).
+# Exact-max softmax and MUFU-only exp2 until a B200 says the knobs pay.
 DEFAULTS: dict[int, dict] = {
-    64: dict(tile_n=128, kv_stages=3, softmax_regs=200, correction_regs=64, other_regs=48),
-    128: dict(tile_n=128, kv_stages=2, softmax_regs=192, correction_regs=80, other_regs=48),
+    64: dict(tile_n=128, kv_stages=3),
+    128: dict(tile_n=128, kv_stages=2),
 }
 
 
@@ -70,11 +72,12 @@ def tmem_columns(head_dim: int, k: Knobs) -> int:
 
 
 def smem_bytes(head_dim: int, elem_bytes: int, k: Knobs) -> int:
-    """Dynamic shared memory the kernel allocates: two Q tiles (O is staged in their place), K and
-    V stages, barriers and row statistics; each buffer aligned to 1 KB."""
+    """Dynamic shared memory the kernel allocates: mbarriers and three fp32 row vectors per Q
+    tile, two Q tiles (O is staged in their place), K and V stages; buffers aligned to 1 KB."""
     def align(x):
         return (x + 1023) // 1024 * 1024
 
+    head = align(512 + 3 * 2 * 128 * 4)
     q = align(2 * 128 * head_dim * elem_bytes)
     kv = 2 * align(k.kv_stages * k.tile_n * head_dim * elem_bytes)
-    return 1024 + q + kv + align(2 * 2 * 128 * 4)
+    return head + q + kv
