@@ -178,7 +178,7 @@ class Run:
             if proposal is None:
                 break
             for skipped in proposal.skipped:
-                self.progress.event("skipped", reason=skipped[:300])
+                self.progress.event("skipped", **_skip_reason(skipped))
             text = jit.render(operator.template, proposal.knobs).read_text()
             nodes.append((self.reserve("knobs", proposal.parents, text, template=operator.template,
                                        knobs=dataclasses.asdict(proposal.knobs), rationale=proposal.rationale), None))
@@ -203,7 +203,13 @@ class Run:
             self.progress.event("note", message="no endpoint configured: the offline knob operator runs")
         for node_id in self.recover_interrupted():
             self.progress.event("recovered", id=node_id, status="crashed")
+        if self.compile_only:
+            archs = dict.fromkeys((self.config.arch, *self.config.compile_archs))
+            self.progress.event("note", message=f"compile-only: each candidate compiles {len(self.suite.specs)} "
+                                f"specs x {len(archs)} arch(s); the time per candidate is told after the first")
+        started, done = time.monotonic(), self.state["candidates"]
         self.ensure_seed()
+        self._say_how_long(started, done)
         redirect = None
         knob_operator = None
         if operator_name == "knobs":
@@ -219,6 +225,7 @@ class Run:
             else:
                 self.step_agent(redirect)
                 redirect = self._supervise()
+            self._say_how_long(started, done)
         self.state["stop_reason"] = reason
         self.save_state()
         best = self.incumbent()
@@ -226,10 +233,49 @@ class Run:
                             geomean=best.geomean if best else 0.0, candidates=self.state["candidates"])
         return reason
 
+    def _say_how_long(self, started: float, done: int) -> None:
+        """Once, after this session's first evaluated candidate of a compile-only run: seconds per
+        candidate here and what the rest of the budget would take (a CPU run can last hours)."""
+        count = self.state["candidates"] - done
+        if not self.compile_only or count <= 0 or getattr(self, "_told", False):
+            return
+        self._told = True
+        each = (time.monotonic() - started) / count
+        left = self.config.budget.candidates - self.state["candidates"]
+        hours = min(left * each / 3600, self.config.budget.wall_hours)
+        self.progress.event("note", message=f"about {each:.0f} s per candidate here; the {left} left in "
+                            f"budget.candidates take about {hours:.1f} h (--candidates N for fewer; Ctrl-C "
+                            f"stops, --resume {self.config.run_dir} continues)")
+
     def _supervise(self):
         from avo.workbench import supervise
 
         return supervise(self)
+
+
+def _skip_reason(text: str) -> dict:
+    """A knob assignment can_implement refused, as the operator reports it ("<knobs JSON>: why"):
+    the reason for the log line, the knobs kept in events.jsonl only."""
+    try:
+        knobs, end = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return {"reason": text[:160]}
+    return {"reason": text[end:].lstrip(": ")[:160], "knobs": knobs}
+
+
+def _own_archive(config: RunConfig, overrides: list[str]) -> tuple[RunConfig, str | None]:
+    """Without a GPU of the run's arch nothing is measured, only screened: such a run keeps its own
+    archive under its run dir rather than adding screened nodes to the tracked archive/, unless
+    the command line names an archive. Returns the config and what to tell the user."""
+    gpu = jit.current_arch()
+    if gpu == config.arch or any(o.strip().startswith("archive=") for o in overrides):
+        return config, None
+    if Path(config.archive).resolve() != (jit.REPO / "archive").resolve():
+        return config, None
+    own = str(Path(config.run_dir) / "archive")
+    return dataclasses.replace(config, archive=own), (
+        f"no {config.arch} GPU here ({gpu or 'no GPU'}): candidates are compiled only (screened), nothing is "
+        f"measured or committed; the lineage goes to {own}, not the tracked archive/ (--set archive=DIR to choose)")
 
 
 def _interrupt_on(*signals) -> None:
@@ -263,7 +309,9 @@ def main(argv=None, evaluate_fn=evaluate) -> int:
                 raise ConfigError(f"{args.resume} is not a run directory (no config.yaml)")
             config = load_config(config_path, overrides)
         elif args.config:
-            config = load_config(args.config, overrides)
+            config, note = _own_archive(load_config(args.config, overrides), overrides)
+            if note:
+                print(f"avo.evolve: {note}", flush=True)
             if (Path(config.run_dir) / "state.json").exists():
                 raise ConfigError(f"{config.run_dir} already holds a run: --resume {config.run_dir}, or "
                                   "--set run_dir=... for a new one")
