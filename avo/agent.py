@@ -176,7 +176,7 @@ Call tools through the API's tool calls. If you cannot, write exactly one JSON o
 
 
 def first_message(lineage, parent_id: str | None, candidate: Path, budget: StepBudget | None, directions: str,
-                  notes: list[tuple[str, str]] = ()) -> str:
+                  notes: list[tuple[str, str]] = (), machine: str = "") -> str:
     """The step's opening brief: candidate, incumbent, recent attempts, budget, the earlier steps'
     notes and the supervisor's directions (the MCP server serves the same text as a resource)."""
     parts = [f"Candidate file: {candidate.name} (parent: {parent_id or 'none'})."]
@@ -192,6 +192,8 @@ def first_message(lineage, parent_id: str | None, candidate: Path, budget: StepB
             parts.append("Most recent attempts:\n" + "\n".join(
                 f"- {n.id} ({n.operator}, {n.status}, {n.geomean:.1f}): {(n.rationale or n.diagnosis)[:160]}"
                 for n in recent))
+    if machine:
+        parts.append(machine)
     if budget is not None:
         parts.append(f"Budget for this step: {budget.max_turns} replies, {budget.max_tokens} tokens, "
                      f"{budget.max_seconds:.0f} s.")
@@ -259,14 +261,14 @@ def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, cand
                    knowledge_dir: str | Path = KNOWLEDGE_DIR, ref_roots: dict[str, Path] | None = None,
                    client=None, log_path: str | Path | None = None, node_id: str | None = None,
                    run_dir: str | Path | None = None, suite: str | None = None,
-                   arch: str = "sm_90a") -> AgentStepResult:
+                   arch: str = "sm_90a", machine: str = "") -> AgentStepResult:
     """One variation step. Never raises for endpoint, tool or harness failures: they are recorded.
 
     candidate_path: the file the agent edits; when it does not exist and parent_id is given it is
     created from the parent's source. lineage: an avo.lineage.Lineage (or None). log_path: a JSONL
     file that gets every transcript entry as it happens. run_dir: where notes/, profiles and
     disassembly go (notes are kept only with a run_dir); suite and arch: what the harness tools
-    (list_configs, sass, profile) work on."""
+    (list_configs, sass, profile) work on; machine: a line on what this machine can check."""
     import openai
 
     started = time.monotonic()
@@ -306,7 +308,7 @@ def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, cand
                             refused=result.refused, errors=result.errors)
         client = client or make_client(endpoint)
         notes = tools.previous_notes(notes_dir, exclude=node_id)
-        brief = first_message(lineage, parent_id, candidate, budget, directions, notes)
+        brief = first_message(lineage, parent_id, candidate, budget, directions, notes, machine)
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": brief}]
         record({"role": "system", "content": SYSTEM_PROMPT[:600] + " [...]"})
         record({"role": "user", "content": messages[1]["content"]})

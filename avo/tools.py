@@ -826,11 +826,10 @@ def _validate(tool: Tool, args: dict) -> dict:
     missing = [r for r in tool.required if r not in args]
     if missing:
         raise ToolError(f"{tool.name} needs argument(s) {missing}")
-    unknown = set(args) - set(tool.params)
-    if unknown:
-        raise ToolError(f"{tool.name} takes no argument(s) {sorted(unknown)}; it takes {sorted(tool.params)}")
     out = {}
     for name, value in args.items():
+        if name not in tool.params:  # ignored, and said so in the answer (see call)
+            continue
         want = tool.params[name].get("type")
         if value is None:
             continue
@@ -862,6 +861,7 @@ def call(ctx: Context, name: str, args: dict | str | None) -> ToolResult:
                 raise ToolError(f"arguments are not valid JSON ({exc}); send a JSON object") from None
         if not isinstance(args, dict):
             raise ToolError("arguments must be a JSON object")
+        ignored = sorted(set(args or {}) - set(tool.params))
         args = _validate(tool, args or {})
         if tool.name == "submit" or ctx.deadline is None:
             out = tool.fn(ctx, **args)
@@ -875,6 +875,8 @@ def call(ctx: Context, name: str, args: dict | str | None) -> ToolResult:
         ctx.errors.append(redact(f"{name}: {message}", ctx.secrets)[:500])
         return ToolResult(redact(json.dumps({"error": message[:2000]}), ctx.secrets), ok=False)
     text = out if isinstance(out, str) else json.dumps(out, default=str, indent=1)
+    if ignored:  # small models add arguments a tool does not take: answered, not refused
+        text = f"[ignored argument(s) {ignored}: {name} takes {sorted(tool.params) or 'none'}]\n{text}"
     text = redact(text, ctx.secrets)
     if len(text) > RESULT_CHARS:
         cut = len(text) - RESULT_CHARS

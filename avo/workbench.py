@@ -179,6 +179,9 @@ class AgentStep:
         self.transcript = run.dir / "transcripts" / f"{node.id}.jsonl"
         self.transcript.parent.mkdir(parents=True, exist_ok=True)
         self.start_text = run.lineage.source(parent)  # what the candidate was when the step began
+        self.machine = (f"This machine has no {run.config.arch} GPU: compile() is the only check here (test, "
+                        "benchmark and profile say so), and submit screens the candidate by compiling it."
+                        if run.compile_only else "")
 
     @classmethod
     def open(cls, run, redirect=None, via: str = "agent") -> AgentStep:
@@ -199,7 +202,8 @@ class AgentStep:
         from avo.agent import first_message
 
         notes = tools.previous_notes(self.run.dir / "notes", exclude=self.node.id)
-        return first_message(self.run.lineage, self.parent, self.candidate, None, self.directions, notes)
+        return first_message(self.run.lineage, self.parent, self.candidate, None, self.directions, notes,
+                             self.machine)
 
     def discard(self) -> None:
         """Forget a step that never reached the model: no node, no candidate file, no transcript."""
@@ -227,9 +231,11 @@ class AgentStep:
                   "extra": {**final.extra, "transcript": str(self.transcript), "outcome": result.outcome,
                             "via": self.via, "edit_hash": result.edit_hash, "diff": result.diff[-20000:],
                             "errors": errors, "refused": result.refused, "tool_calls": result.tool_calls}}
-        if final.status == "pending":  # the agent never submitted: recorded with why
-            fields.update(status="rejected", diagnosis=f"not submitted: {result.outcome}"
-                          + (f" ({errors[-1][:200]})" if errors else ""))
+        if final.status == "pending":  # never submitted: recorded with why (its reason, else the last error)
+            why = fields["rationale"] if result.outcome == "gave_up" and fields["rationale"] else \
+                (errors[-1] if errors else "")
+            fields.update(status="rejected",
+                          diagnosis=f"not submitted: {result.outcome}" + (f" ({why[:200]})" if why else ""))
             run.state["candidates"] += 1
             run.progress.event("candidate", id=self.node.id, operator="agent", status="rejected", geomean=0.0,
                                diagnosis=fields["diagnosis"], tokens=tokens, cost_usd=result.cost_usd)
@@ -271,7 +277,8 @@ def run_step(run, redirect) -> None:
         step = AgentStep.open(run, redirect)
         result = run_agent_step(endpoint, run.lineage, step.workbench, step.candidate, budget,
                                 directions=step.directions, parent_id=step.parent, log_path=step.transcript,
-                                node_id=step.node.id, run_dir=run.dir, suite=cfg.suite, arch=cfg.arch)
+                                node_id=step.node.id, run_dir=run.dir, suite=cfg.suite, arch=cfg.arch,
+                                machine=step.machine)
         if not (result.outcome == "endpoint_error" and result.turns == 0):
             step.finish(result)
             return
