@@ -173,6 +173,7 @@ def _model_review(records: list[StepRecord], findings: list[Finding], endpoint, 
     problems = "; ".join(f.evidence for f in findings)
     response = client.chat.completions.create(
         model=endpoint.model, timeout=min(endpoint.request_timeout_s, 120),
+        max_tokens=min(getattr(endpoint, "max_tokens", 512), 512),  # 120 words asked for
         **({} if endpoint.temperature is None else {"temperature": endpoint.temperature}),
         messages=[{"role": "system", "content": "You review an evolutionary search over CUDA attention kernels. "
                    "Answer in at most 120 words: what the steps keep getting wrong and one or two concrete, "

@@ -76,5 +76,7 @@ def test_supervisor_redirects_a_stalled_run(tmp_path, monkeypatch):
     fired = [e for e in events if e["event"] == "supervisor"]
     assert len(fired) == 1 and fired[0]["findings"] == ["stagnation"] and fired[0]["by"] == "rules+model"
     assert "No commit in 2 steps" in fired[0]["directions"] and advice in fired[0]["directions"]
+    assert all(r["body"]["max_tokens"] > 0 for r in server.requests)  # the review's request too
+    assert "tools" not in server.requests[2]["body"]  # the review is a plain completion
     third_step_prompt = json.dumps(server.requests[3]["body"]["messages"])
     assert "No commit in 2 steps" in third_step_prompt and advice in third_step_prompt

@@ -25,6 +25,8 @@ from avo.knowledge import (
     ("commit rule incumbent geomean", "harness.md", "The commit rule"),
     ("spills stack_frame_bytes compile report", "harness.md", "compile()"),
     ("FA4 cuDNN H200 measured TFLOPS", "tried.md", "2026-11-22 FA4 and cuDNN on H200"),
+    ("tensor pipe stalls ncu profile", "tools.md", "profile: Nsight Compute on one config"),
+    ("steady state main loop backward branch sass", "tools.md", "sass, ptx and instruction_mix"),
 ])
 def test_knowledge_search_ranks_the_right_section_first(query, path, heading):
     hit = knowledge_index().search(query, k=3)[0]
