@@ -284,3 +284,17 @@ def test_knob_variants_match_reference_on_b200(change, causal):
     kernel = jit.compile_kernel(source_for(spec, **change), spec, arch=ARCH, run=True, trusted=True)
     result = verify.check(kernel.fn, configs_for(spec), seeds=2)
     assert result["ok"], result["diagnosis"]
+
+
+@pytest.mark.skipif(_is_sm100(), reason="on a B200 the run measures; this checks the run without one")
+def test_evolve_on_sm100a_without_a_b200_screens_and_commits_nothing(tmp_path, capsys, compiled):
+    from avo.evolve import main
+    from avo.lineage import Lineage
+
+    config = jit.REPO / "configs" / "evolve_paper_sm100.yaml"
+    assert main(["--config", str(config), "--set", f"run_dir={tmp_path / 'run'}", "--set",
+                 f"archive={tmp_path / 'archive'}", "--candidates", "1"]) == 0
+    nodes = Lineage.load(tmp_path / "archive").nodes()
+    assert [(n.operator, n.status) for n in nodes] == [("seed", "screened")]
+    assert nodes[0].extra["compile_reports"]["sm_100a"]
+    assert "compile-only screening" in capsys.readouterr().out
