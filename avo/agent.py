@@ -315,6 +315,7 @@ def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, cand
         window = _Window(endpoint)
         idle = 0
         invalid: dict[tuple[str, str], int] = {}
+        answered: dict[tuple[str, str], str] = {}  # each successful call's last answer
         while True:
             elapsed = time.monotonic() - started
             if result.turns >= budget.max_turns:
@@ -375,8 +376,12 @@ def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, cand
                 result.tool_calls[name] = result.tool_calls.get(name, 0) + 1
                 out = tools.call(ctx, name, raw)
                 content = out.text
+                key = (name, _normalized(raw))
+                if out.ok and answered.get(key) == content and not tools.REGISTRY[name].writes:
+                    content += "\n[the same answer as the last time you made this call: act on it]"
+                elif out.ok:
+                    answered[key] = content
                 if not out.ok:
-                    key = (name, _normalized(raw))
                     invalid[key] = invalid.get(key, 0) + 1
                     if invalid[key] >= _SAME_INVALID:
                         stuck = f"the same invalid call to {name} was sent {invalid[key]} times; the step was stopped"

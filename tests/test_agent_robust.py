@@ -186,3 +186,12 @@ def test_a_long_outage_stops_the_run_with_nothing_spent(tmp_path, capsys):
     nodes = Lineage.load(tmp_path / "archive").nodes()
     assert [n.operator for n in nodes] == ["seed"]  # no pending or rejected node left behind
     assert not (tmp_path / "run" / "candidates" / "v0001.py").exists()
+
+
+def test_a_repeated_call_with_the_same_answer_is_pointed_out(seeded):
+    # Qwen2.5-Coder-1.5B called list_lineage seven times in a row in one step of the real-model run
+    server = ScriptedServer([_reply(_call("list_lineage", {}))] * 2 + [_reply(_call("give_up", {"reason": "x"}))])
+    _run(server, seeded)
+    first, second = (r["body"]["messages"][-1]["content"] for r in server.requests[1:3])
+    assert "same answer as the last time" not in first
+    assert second.endswith("[the same answer as the last time you made this call: act on it]")
