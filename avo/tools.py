@@ -619,6 +619,12 @@ NCU_SECTIONS = ("SpeedOfLight", "Occupancy", "LaunchStats", "WarpStateStats", "C
                 "MemoryWorkloadAnalysis", "SchedulerStats", "InstructionStats")
 
 
+# asked for by name on top of the sections (the pipes' utilisation); dropped if this ncu lacks one
+NCU_METRICS = ("sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active",
+               "sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active",
+               "sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active")
+
+
 def parse_ncu_csv(text: str) -> list[dict]:
     """`ncu --import R --csv --page raw` -> one {metric: (value, unit)} per profiled kernel."""
     rows = list(csv.reader(io.StringIO(text.strip())))
@@ -724,9 +730,11 @@ def t_profile(ctx: Context, config: str = "", incumbent: bool = True):
     for label, source in versions:
         report = out_dir / label
         launch = [sys.executable, "-m", "avo.tool", "_launch", str(source), json.dumps(shape.as_dict()), ctx.arch]
-        proc = _run(ctx, [ncu, "--nvtx", "--nvtx-include", "avo_profile/", "--launch-count", "1",
-                          *[a for s in NCU_SECTIONS for a in ("--section", s)], "-f", "-o", str(report), *launch],
-                    "ncu", cap_s=900, cwd=str(REPO))
+        base = [ncu, "--nvtx", "--nvtx-include", "avo_profile/", "--launch-count", "1",
+                *[a for s in NCU_SECTIONS for a in ("--section", s)], "-f", "-o", str(report)]
+        proc = _run(ctx, [*base, "--metrics", ",".join(NCU_METRICS), *launch], "ncu", cap_s=900, cwd=str(REPO))
+        if proc.returncode != 0 and "metric" in (proc.stdout + proc.stderr).lower():  # a name this ncu lacks
+            proc = _run(ctx, [*base, *launch], "ncu", cap_s=900, cwd=str(REPO))
         (out_dir / f"{label}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0 or not report.with_suffix(".ncu-rep").exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]

@@ -234,3 +234,32 @@ def test_arguments_a_tool_does_not_take_are_ignored_and_said_so(ctx):
     assert json.loads(text.split("\n", 1)[1])["incumbent"] == "v0000"
     ok, text = _call(ctx, "read_candidate", max_lines="3", colour="red")
     assert ok and "takes ['max_lines', 'path', 'start_line']" in text and "    3  " in text and "    4  " not in text
+
+
+def test_profile_runs_ncu_on_candidate_and_incumbent_and_summarizes(ctx, tmp_path, monkeypatch):
+    # a stand-in ncu: refuses --metrics (as an older ncu would a name it lacks), writes the report it
+    # is asked for, and imports it as the recorded raw CSV; the tool must retry and summarize both
+    fake = tmp_path / "bin" / "ncu"
+    fake.parent.mkdir()
+    fake.write_text(f"""#!/bin/sh
+echo "$@" >> {tmp_path / 'ncu_calls'}
+case " $* " in *" --import "*) exec cat {DATA / 'ncu_raw_sample.csv'} ;; esac
+case " $* " in *" --metrics "*) echo "==ERROR== Failed to find metric sm__pipe_x" >&2; exit 1 ;; esac
+while [ $# -gt 0 ]; do [ "$1" = -o ] && touch "$2.ncu-rep"; shift; done
+""")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(jit, "current_arch", lambda: "sm_90a")
+    ok, text = _call(ctx, "profile", config="mha4x4_s512_full")
+    assert ok, text
+    out = json.loads(text)
+    assert out["config"] == "mha4x4_s512_full" and set(out) == {"config", "reports", "candidate", "v0000"}
+    assert out["candidate"]["tensor_pipe_pct"] == 78.45 and out["v0000"]["top_stalls"]
+    calls = (tmp_path / "ncu_calls").read_text().splitlines()
+    runs = [c for c in calls if "--import" not in c]
+    assert len(runs) == 4 and sum("--metrics" in c for c in runs) == 2  # each version retried without
+    assert all("--nvtx-include avo_profile/" in c and "avo.tool _launch" in c for c in runs)
+    assert '"seqlen_q": 512' in runs[0] and runs[0].endswith(" sm_90a")
+    reports = Path(out["reports"])
+    assert (reports / "candidate.csv").read_text() == (DATA / "ncu_raw_sample.csv").read_text()
+    assert (reports / "v0000.ncu-rep").exists()
