@@ -384,6 +384,10 @@ def t_benchmark(ctx: Context, configs: list | None = None):
 
 
 def t_submit(ctx: Context, rationale: str):
+    if ctx.parent_id and ctx.lineage is not None and ctx.candidate.read_text() == _version_text(ctx, ctx.parent_id):
+        # an evaluation of the parent again costs a full cascade and tells nothing
+        raise ToolError(f"the candidate is still {ctx.parent_id}'s source: nothing to evaluate; edit it first, "
+                        "or give_up(reason)")
     ctx.rationale = str(rationale)
     report = _harness(ctx, "submit", str(rationale))
     if not isinstance(report, dict):

@@ -263,3 +263,19 @@ while [ $# -gt 0 ]; do [ "$1" = -o ] && touch "$2.ncu-rep"; shift; done
     reports = Path(out["reports"])
     assert (reports / "candidate.csv").read_text() == (DATA / "ncu_raw_sample.csv").read_text()
     assert (reports / "v0000.ncu-rep").exists()
+
+
+def test_submitting_the_unchanged_parent_is_refused(ctx):
+    class Harness:
+        calls = 0
+
+        def submit(self, path, rationale):
+            Harness.calls += 1
+            return {"status": "screened", "node_id": "v0001"}
+
+    ctx.workbench = Harness()
+    ok, text = _call(ctx, "submit", rationale="faster everywhere")  # what the 1.5B model claimed, unedited
+    assert not ok and "still v0000's source" in text and Harness.calls == 0 and ctx.ended is None
+    assert _call(ctx, "edit_candidate", old="TILE_N = 32", new="TILE_N = 16")[0]
+    ok, text = _call(ctx, "submit", rationale="TILE_N 16")
+    assert ok and Harness.calls == 1 and ctx.ended == "submitted"
