@@ -142,16 +142,29 @@ def test_compile_times_reported(compiled, capsys):
     assert all(k.report["compile_seconds"] > 0 for k in kernels.values())
 
 
-def test_knob_variants_compile():
-    """FMA-emulated exp2 and conditional rescaling (off by default) compile and pass the checks."""
-    spec = AttentionSpec("bf16", 128, True, 8)
-    src = source_for(spec, ex2_emu_period=4, rescale_threshold=8.0)
+COMPILE_VARIANTS = [
+    (AttentionSpec("bf16", 128, True, 8), dict(ex2_emu_period=4, rescale_threshold=8.0)),
+    (AttentionSpec("bf16", 128, True, 8), dict(pack_gqa=True)),
+    (AttentionSpec("bf16", 64, False, 4), dict(pack_gqa=True)),
+]
+
+
+@pytest.mark.parametrize("spec, change", COMPILE_VARIANTS,
+                         ids=lambda x: x.key() if isinstance(x, AttentionSpec) else ",".join(x))
+def test_knob_variants_compile(spec, change):
+    """Knobs off by default (FMA-emulated exp2, conditional rescaling, packed GQA) compile and
+    pass the checks."""
+    src = source_for(spec, **change)
     kernel = jit.compile_kernel(src, spec, arch=ARCH, run=False, trusted=True)
     report = dict(kernel.report, register_split=list(import_kernel_module(src).KERNEL.register_split))
     assert resources.check_report(report, ARCH, kernel.artifact_dir) == []
     ptx = (kernel.artifact_dir / "kernel.ptx").read_text()
-    # a quarter of the exponentials on the FMA pipes: the polynomial's exponent shift is there
-    assert ptx.count("shl.b32") >= 2 * 128 // 4
+    if change.get("ex2_emu_period"):
+        # a quarter of the exponentials on the FMA pipes: the polynomial's exponent shift is there
+        assert ptx.count("shl.b32") >= 2 * 128 // 4
+    if change.get("pack_gqa"):
+        # Q and O tiles are (d, group, positions) boxes: 5-D tensor maps (d, group, seqlen, kv heads, batch)
+        assert "cp.async.bulk.tensor.5d" in ptx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +288,8 @@ def test_matches_reference_on_b200(spec):
 @pytest.mark.gpu
 @sm100
 @pytest.mark.parametrize("change", [dict(ex2_emu_period=2), dict(rescale_threshold=8.0), dict(tile_n=64),
-                                    dict(kv_stages=1)], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+                                    dict(kv_stages=1), dict(pack_gqa=True)],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 @pytest.mark.parametrize("causal", [False, True])
 def test_knob_variants_match_reference_on_b200(change, causal):
     from avo import verify

@@ -32,6 +32,9 @@ class Knobs:
     # Conditional rescaling: the running row max is only raised when the new max exceeds it by
     # more than this many powers of two (P stays <= 2^threshold); 0.0 = always exact max.
     rescale_threshold: float = 0.0
+    # GQA: the query heads of one KV head share the M tiles (K/V loaded once per group); off,
+    # each CTA is one query head and reads its KV head's K/V (L2 serves the group).
+    pack_gqa: bool = False
 
     def replace(self, **kw) -> Knobs:
         return replace(self, **kw)
@@ -45,6 +48,7 @@ SPACE: dict[str, tuple] = {
     "other_regs": (24, 32, 48, 56),
     "ex2_emu_period": (0, 2, 3, 4),
     "rescale_threshold": (0.0, 8.0),
+    "pack_gqa": (False, True),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 
