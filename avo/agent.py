@@ -517,7 +517,8 @@ class _Window:
         usage = getattr(response, "usage", None)
         tokens = getattr(usage, "prompt_tokens", None) if usage is not None else None
         if tokens and tokens > 200:
-            self.chars_per_token = max(1.5, min(6.0, _chars(messages[:-1]) / tokens))
+            # what was sent: the messages and the tool schemas, which the server counts too
+            self.chars_per_token = max(1.5, min(6.0, (_chars(messages) + self.overhead) / tokens))
 
     def shrink(self) -> None:
         self.limit = max(512, int(min(self.limit, self.used or self.limit) * 0.7))
@@ -528,6 +529,11 @@ class _Window:
         newest exchange stay."""
         budget = int(self.limit * self.chars_per_token) - self.overhead
         self.used = int(_chars(messages) / self.chars_per_token)
+        if _chars(messages) <= budget:
+            return
+        # once over, cut well below the limit: every elision changes the conversation's prefix, which
+        # costs a server its prompt cache (llama.cpp re-read 3k tokens at 40 tokens/s on a CPU)
+        budget = int(budget * 0.7)
         for keep, cut in ((4, 1000), (1, 300)):
             for m in messages[2:len(messages) - keep]:
                 if _chars(messages) <= budget:
