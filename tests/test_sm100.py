@@ -1,7 +1,7 @@
 """The Blackwell family flash_fwd_sm100 (dsl_templates/flash_fwd_sm100) and the resource checks of
 avo.resources.
 
-CPU (CI): every specialization of the paper, gqa and hdim64 suites compiles for sm_100a without a
+CPU (CI): every specialization of the paper, gqa, hdim64 and hdim256 suites compiles for sm_100a without a
 GPU; the PTX has the instruction families of the design (tcgen05.mma, tcgen05.alloc/dealloc, TMA
 loads and stores, setmaxnreg); the resources pass avo.resources.check_report (TMEM columns
 allocated and freed, shared memory, the setmaxnreg split within the launch allocation, barrier
@@ -26,7 +26,7 @@ from avo.suites import ShapeConfig, load_suite
 
 FAMILY = "flash_fwd_sm100"
 ARCH = "sm_100a"
-SUITES = ("paper", "gqa", "hdim64")
+SUITES = ("paper", "gqa", "hdim64", "hdim256")
 KNOBS = jit.knob_space(FAMILY)
 
 
@@ -84,7 +84,8 @@ def test_defaults_are_in_space_and_implementable():
 @pytest.mark.parametrize(
     "spec, change, words",
     [
-        (AttentionSpec("bf16", 256), {}, "TMEM columns"),
+        # two Q tiles at d256: S0 + S1 + O0 + O1 = 768 columns (the d256 default takes one tile)
+        (AttentionSpec("bf16", 256), {}, "768 TMEM columns"),
         (AttentionSpec("bf16", 96), {}, "head_dim 96"),
         # 208 x 2 + 80 + 48 = 544 > 512 per thread summed over warp groups: 69,632 > 65,536
         (AttentionSpec("bf16", 128), dict(softmax_regs=208), "65536 it gets at launch"),

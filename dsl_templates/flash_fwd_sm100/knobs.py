@@ -35,6 +35,9 @@ class Knobs:
     # GQA: the query heads of one KV head share the M tiles (K/V loaded once per group); off,
     # each CTA is one query head and reads its KV head's K/V (L2 serves the group).
     pack_gqa: bool = False
+    # 128-row Q tiles per CTA, one softmax warp group each: 2 ping-pong (FA4's design); 1 where
+    # two tiles' S and O do not fit the 512 TMEM columns (head_dim 256).
+    q_tiles: int = 2
 
     def replace(self, **kw) -> Knobs:
         return replace(self, **kw)
@@ -49,6 +52,7 @@ SPACE: dict[str, tuple] = {
     "ex2_emu_period": (0, 2, 3, 4),
     "rescale_threshold": (0.0, 8.0),
     "pack_gqa": (False, True),
+    "q_tiles": (1, 2),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 
@@ -60,6 +64,8 @@ assert set(SPACE) == {f.name for f in fields(Knobs)}
 DEFAULTS: dict[int, dict] = {
     64: dict(tile_n=128, kv_stages=3),
     128: dict(tile_n=128, kv_stages=2),
+    # one Q tile: S (128) + O (256) = 384 of 512 TMEM columns; 2 K/V stages of 64 keys fit smem
+    256: dict(q_tiles=1, tile_n=64, kv_stages=2),
 }
 
 
@@ -71,8 +77,8 @@ def default_knobs(spec) -> Knobs:
 
 
 def tmem_columns(head_dim: int, k: Knobs) -> int:
-    """TMEM columns the layout uses: S0, S1 (tile_n each, P inside) and O0, O1 (head_dim each)."""
-    return 2 * k.tile_n + 2 * head_dim
+    """TMEM columns the layout uses: S_i (tile_n, P inside) and O_i (head_dim) per Q tile."""
+    return k.q_tiles * (k.tile_n + head_dim)
 
 
 def smem_bytes(head_dim: int, elem_bytes: int, k: Knobs) -> int:
@@ -81,7 +87,7 @@ def smem_bytes(head_dim: int, elem_bytes: int, k: Knobs) -> int:
     def align(x):
         return (x + 1023) // 1024 * 1024
 
-    head = align(512 + 3 * 2 * 128 * 4)
-    q = align(2 * 128 * head_dim * elem_bytes)
+    head = align(512 + 3 * k.q_tiles * 128 * 4)
+    q = align(k.q_tiles * 128 * head_dim * elem_bytes)
     kv = 2 * align(k.kv_stages * k.tile_n * head_dim * elem_bytes)
     return head + q + kv
