@@ -315,7 +315,7 @@ def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, cand
         window = _Window(endpoint)
         idle = 0
         invalid: dict[tuple[str, str], int] = {}
-        answered: dict[tuple[str, str], str] = {}  # each successful call's last answer
+        answered: set[tuple[str, str, str]] = set()  # successful (call, arguments, candidate hash)
         while True:
             elapsed = time.monotonic() - started
             if result.turns >= budget.max_turns:
@@ -377,10 +377,11 @@ def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, cand
                 out = tools.call(ctx, name, raw)
                 content = out.text
                 key = (name, _normalized(raw))
-                if out.ok and answered.get(key) == content and not tools.REGISTRY[name].writes:
-                    content += "\n[the same answer as the last time you made this call: act on it]"
+                seen = (*key, hashlib.sha256(candidate.read_bytes()).hexdigest())  # the call, on this candidate
+                if out.ok and seen in answered and not tools.REGISTRY[name].writes:
+                    content += "\n[you made this exact call before on this same candidate: act on its answer]"
                 elif out.ok:
-                    answered[key] = content
+                    answered.add(seen)
                 if not out.ok:
                     invalid[key] = invalid.get(key, 0) + 1
                     if invalid[key] >= _SAME_INVALID:

@@ -189,9 +189,18 @@ def test_a_long_outage_stops_the_run_with_nothing_spent(tmp_path, capsys):
 
 
 def test_a_repeated_call_with_the_same_answer_is_pointed_out(seeded):
-    # Qwen2.5-Coder-1.5B called list_lineage seven times in a row in one step of the real-model run
+    # Qwen2.5-Coder-1.5B called list_lineage seven times in a row in one step of the real-model run,
+    # and compile eight times on an unchanged candidate in another
     server = ScriptedServer([_reply(_call("list_lineage", {}))] * 2 + [_reply(_call("give_up", {"reason": "x"}))])
     _run(server, seeded)
     first, second = (r["body"]["messages"][-1]["content"] for r in server.requests[1:3])
-    assert "same answer as the last time" not in first
-    assert second.endswith("[the same answer as the last time you made this call: act on it]")
+    assert "exact call before" not in first
+    assert second.endswith("[you made this exact call before on this same candidate: act on its answer]")
+
+
+def test_the_same_call_after_an_edit_is_not_a_repeat(seeded):
+    server = ScriptedServer([_reply(_call("list_lineage", {})),
+                             _reply(_call("edit_candidate", {"old": "TILE_N = 32", "new": "TILE_N = 16"})),
+                             _reply(_call("list_lineage", {})), _reply(_call("give_up", {"reason": "x"}))])
+    _run(server, seeded)
+    assert "exact call before" not in server.requests[3]["body"]["messages"][-1]["content"]
