@@ -13,6 +13,7 @@ through avo.verify.check.
 
 from __future__ import annotations
 
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -250,6 +251,192 @@ def test_check_report_without_declared_split_uses_the_least_any_split_needs():
 def test_check_report_sm90_has_no_tensor_memory():
     assert any("without tensor memory" in p for p in
                resources.check_report({**GOOD_REPORT, "ptx_facts": resources.ptx_facts(GOOD_PTX)}, "sm_90a"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The barrier protocol, without a GPU: a model of the template's roles (their loops transcribed
+# from template.py.j2; keep them in step with it) over mbarriers with PTX parity semantics,
+# tcgen05 ops executed in issue order at random times and TMA landing in any order. Every
+# interleaving tried must finish (no hang), every wait must see exactly the phase it means (a
+# waiter two phases behind would alias), and TMEM must flow: softmax reads the S of its block,
+# PV reads the P of its block after O was rescaled for it, QK overwrites P only after that PV.
+# ---------------------------------------------------------------------------------------------
+class _Mbar:
+    def __init__(self, count):
+        self.count, self.pending, self.phase, self.tx = count, count, 0, 0
+
+    def arrive(self, n=1, tx=0):
+        self.pending -= n
+        self.tx += tx
+        assert self.pending >= 0, "more arrivals than the barrier's count"
+        self.flip()
+
+    def flip(self):
+        if self.pending == 0 and self.tx == 0:
+            self.phase, self.pending = self.phase + 1, self.count
+
+    def passed(self, parity):  # mbarrier.try_wait.parity
+        return self.phase % 2 != parity
+
+
+def _simulate(n_blocks: int, kv_stages: int, q_tiles: int, seed: int):
+    rng = random.Random(seed)
+    bars = {}
+    for i in range(q_tiles):
+        bars.update({f"s_full{i}": _Mbar(1), f"p_ready{i}": _Mbar(256), f"stats{i}": _Mbar(128),
+                     f"stats_final{i}": _Mbar(128), f"o_full{i}": _Mbar(1), f"o_staged{i}": _Mbar(128),
+                     f"q_full{i}": _Mbar(1), f"q_empty{i}": _Mbar(1)})
+    for st in range(kv_stages):
+        bars.update({f"{kv}_{side}{st}": _Mbar(1) for kv in "kv" for side in ("full", "empty")})
+    tensor_queue, tma_queue, waits = [], [], {}
+    s_block, p_block, o_block, rescaled, smem = {}, {}, {}, {}, {}
+
+    def wait(role, name, parity):
+        n, first = waits.setdefault((role, name), [0, 1 if parity == 0 else 0])
+        while not bars[name].passed(parity):
+            yield
+        assert bars[name].phase == n + first, f"{role} on {name}: phase {bars[name].phase}, meant {n + first}"
+        waits[(role, name)][0] += 1
+
+    def pipe_state(stages, producer):
+        return [0, 1 if producer else 0, stages]  # index, phase, stages
+
+    def advance(st):
+        st[0] += 1
+        if st[0] == st[2]:
+            st[0], st[1] = 0, st[1] ^ 1
+
+    def load():
+        qs, ks, vs = pipe_state(q_tiles, True), pipe_state(kv_stages, True), pipe_state(kv_stages, True)
+
+        def issue(kind, st, block):
+            yield from wait("load", f"{kind}_empty{st[0]}", st[1])
+            bars[f"{kind}_full{st[0]}"].arrive(tx=1)
+            tma_queue.append((kind, st[0], block))
+            advance(st)
+
+        yield from issue("q", qs, 0)
+        yield from issue("k", ks, 0)
+        if q_tiles == 2:
+            yield from issue("q", qs, 1)
+        for j in range(1, n_blocks):
+            yield from issue("v", vs, j - 1)
+            yield from issue("k", ks, j)
+        yield from issue("v", vs, n_blocks - 1)
+
+    def mma():
+        qs, ks, vs = pipe_state(q_tiles, False), pipe_state(kv_stages, False), pipe_state(kv_stages, False)
+
+        def ready(kind, st):
+            yield from wait("mma", f"{kind}_full{st[0]}", st[1])
+
+        def release(kind, st):
+            tensor_queue.append(("commit", f"{kind}_empty{st[0]}"))
+            advance(st)
+
+        for i in range(q_tiles):
+            yield from ready("q", qs)
+            advance(qs)
+            if i == 0:
+                yield from ready("k", ks)
+            tensor_queue.extend([("qk", i, 0, ("k", ks[0])), ("commit", f"s_full{i}")])
+        release("k", ks)
+        p_phase = 0
+        for j in range(1, n_blocks):
+            yield from ready("v", vs)
+            for i in range(q_tiles):
+                yield from wait("mma", f"p_ready{i}", p_phase)
+                tensor_queue.append(("pv", i, j - 1, ("v", vs[0])))
+                if i == 0:
+                    yield from ready("k", ks)
+                tensor_queue.extend([("qk", i, j, ("k", ks[0])), ("commit", f"s_full{i}")])
+            release("k", ks)
+            release("v", vs)
+            p_phase ^= 1
+        yield from ready("v", vs)
+        for i in range(q_tiles):
+            yield from wait("mma", f"p_ready{i}", p_phase)
+            tensor_queue.extend([("pv", i, n_blocks - 1, ("v", vs[0])), ("commit", f"o_full{i}")])
+        release("v", vs)
+
+    def softmax(i):
+        for j in range(n_blocks):
+            yield from wait(f"softmax{i}", f"s_full{i}", j % 2)
+            assert s_block.get(i) == j, f"softmax {i} step {j} read the S of block {s_block.get(i)}"
+            smem[("scale", i)] = j
+            bars[f"stats{i}"].arrive(128)
+            yield
+            assert s_block.get(i) == j, f"S{i} overwritten while softmax {i} read it"
+            p_block[i] = j
+            bars[f"p_ready{i}"].arrive(128)
+        smem[("final", i)] = True
+        bars[f"stats_final{i}"].arrive(128)
+
+    def correction():
+        for j in range(n_blocks):
+            for i in range(q_tiles):
+                yield from wait("correction", f"stats{i}", j % 2)
+                assert smem[("scale", i)] == j, f"correction read a stale scale for tile {i}"
+                if j > 0:
+                    assert o_block.get(i) == j - 1, f"O{i} rescaled for step {j} before PV({j - 1}) completed"
+                    rescaled[i] = j
+                yield
+                bars[f"p_ready{i}"].arrive(128)
+        for i in range(q_tiles):
+            yield from wait("correction", f"o_full{i}", 0)
+            yield from wait("correction", f"stats_final{i}", 0)
+            assert o_block.get(i) == n_blocks - 1 and smem[("final", i)]
+            bars[f"o_staged{i}"].arrive(128)
+
+    def epilogue():
+        for i in range(q_tiles):
+            yield from wait("epilogue", f"o_staged{i}", 0)
+
+    def tensor_core():  # tcgen05: in issue order, each op whenever
+        if tensor_queue and rng.random() < 0.5:
+            op = tensor_queue.pop(0)
+            if op[0] == "commit":
+                bars[op[1]].arrive()
+                return
+            kind, i, j, operand = op
+            assert smem.get(operand) == j, f"{op}: its K/V buffer holds block {smem.get(operand)}"
+            if kind == "qk":
+                s_block[i] = j
+                p_block.pop(i, None)  # P lives in S's columns
+            else:
+                assert p_block.get(i) == j, f"PV{i}({j}) read P of block {p_block.get(i)}"
+                assert j == 0 or (rescaled.get(i) == j and o_block.get(i) == j - 1), f"PV{i}({j}) on an unrescaled O"
+                o_block[i] = j
+
+    def tma():  # copies land in any order
+        if tma_queue and rng.random() < 0.4:
+            kind, stage, block = tma_queue.pop(rng.randrange(len(tma_queue)))
+            smem[(kind, stage)] = block
+            bar = bars[f"{kind}_full{stage}"]
+            bar.tx -= 1
+            bar.flip()
+
+    live = {"load": load(), "mma": mma(), "correction": correction(), "epilogue": epilogue(),
+            **{f"softmax{i}": softmax(i) for i in range(q_tiles)}}
+    for _ in range(100_000):
+        for name in rng.sample(sorted(live), len(live)):
+            try:
+                next(live[name])
+            except StopIteration:
+                del live[name]
+        tensor_core()
+        tma()
+        if not live:
+            break
+    assert not live, f"hang: {sorted(live)} never finish"
+
+
+@pytest.mark.parametrize("q_tiles", [1, 2])
+@pytest.mark.parametrize("kv_stages", [1, 2, 3])
+def test_barrier_protocol_never_hangs_and_keeps_tmem_in_order(kv_stages, q_tiles):
+    for seed in range(40):
+        for n_blocks in (1, 2, 3, 6):
+            _simulate(n_blocks, kv_stages, q_tiles, seed)
 
 
 # ---------------------------------------------------------------------------------------------
