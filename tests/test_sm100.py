@@ -100,6 +100,24 @@ def test_can_implement_rejects_with_reason(spec, change, words):
     assert words in reason
 
 
+def test_space_sample_answers_can_implement():
+    """Any point of SPACE renders, imports and gets a yes or a no with a reason; the accepted ones
+    fit TMEM, shared memory and the launch register allocation by the knobs module's own count."""
+    rng = random.Random(0)
+    for _ in range(12):
+        values = {k: rng.choice(v) for k, v in KNOBS.SPACE.items()}
+        knobs = KNOBS.Knobs(**values)
+        module = import_kernel_module(jit.render(FAMILY, knobs))
+        for spec in (AttentionSpec("bf16", 64, True, 4), AttentionSpec("bf16", 128),
+                     AttentionSpec("fp16", 256, True, 8)):
+            ok, reason = module.KERNEL.can_implement(spec)
+            assert isinstance(ok, bool) and (ok or reason)
+            if ok:
+                assert KNOBS.tmem_columns(spec.head_dim, knobs) <= 512
+                assert KNOBS.smem_bytes(spec.head_dim, 2, knobs) <= resources.LIMITS[ARCH]["smem_bytes"]
+                assert 128 * sum(module.REGISTER_SPLIT) <= 65536
+
+
 # ---------------------------------------------------------------------------------------------
 # every suite specialization compiles for sm_100a, with the design's instructions and resources
 # ---------------------------------------------------------------------------------------------
