@@ -66,7 +66,7 @@ class SupervisorSection:
 class EvaluationSection:
     timeout_s: float = 900.0  # the whole cascade of one candidate
     seeds: int = 2
-    rounds: int = 64  # cap on paired timing rounds per config (adaptive: stops once the decision is clear)
+    rounds: int = 128  # cap on paired timing rounds per config (adaptive: stops once the decision is clear)
     baselines: tuple[str, ...] = ("fa4", "cudnn")  # measured in the same run on each commit
     gpus: tuple[int, ...] = (0,)  # one isolated worker per GPU: the knob operator evaluates one proposal on each
 

@@ -61,12 +61,12 @@ def judge(entries: dict, incumbent: dict | None, suite: str, seeds: int, baselin
             estimate = stats.paired_ratio(m.pairs(), flags=m.flags)
         except ValueError:  # too few usable pairs yet (throttled rounds): keep sampling
             return True
-        return stats.needs_more(estimate, pairs_so_far=rounds, cap=sampling.get("max_rounds", 64))
+        return stats.needs_more(estimate, pairs_so_far=rounds, cap=sampling.get("max_rounds", 128))
 
     try:
         m = timing.measure(list(suite_obj.timed), kernels, tuple(baselines), needs_more=needs_more,
-                           min_rounds=sampling.get("min_rounds", 8), max_rounds=sampling.get("max_rounds", 64),
-                           block=sampling.get("min_rounds", 8), telemetry=telemetry)
+                           min_rounds=sampling.get("min_rounds", 16), max_rounds=sampling.get("max_rounds", 128),
+                           block=sampling.get("min_rounds", 16), telemetry=telemetry)
     except timing.TimedOutputError as exc:
         verdict["timing"]["benchmark"] = round(time.monotonic() - t0, 2)
         return {**verdict, "status": "failed_correctness", "stage": "benchmark", "diagnosis": str(exc), "scores": zero}

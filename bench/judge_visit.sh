@@ -3,7 +3,8 @@
 # Call 1: `bash .gpu-bundle/a/stash.sh` (carry .gpu-bundle/a). Then, carrying .gpu-bundle/b and .gpu-bundle/extra:
 #   source .gpu-bundle/b/setup.sh && bash bench/judge_visit.sh tests      # sandbox, GPU tests, seed end to end
 #   source .gpu-bundle/b/setup.sh && bash bench/judge_visit.sh aa         # A/A: the seed against itself
-#   source .gpu-bundle/b/setup.sh && bash bench/judge_visit.sh ab [N]     # A/B: a ~2% slower knob set, N runs
+#   source .gpu-bundle/b/setup.sh && bash bench/judge_visit.sh slowdowns  # knob variants vs the seed, paired
+#   source .gpu-bundle/b/setup.sh && bash bench/judge_visit.sh ab [N]     # A/B: the ~2% slower one, N runs
 #   source .gpu-bundle/b/setup.sh && bash bench/judge_visit.sh throughput # candidates per GPU-hour, warm caches
 set -uo pipefail
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
@@ -35,21 +36,29 @@ case "${1:-}" in
         --baselines fa4,cudnn --rounds 24 --out "$out/aa_$suite.json" 2>&1 | grep -v Warning | tail -6 \
         | tee "$out/aa_$suite.txt"
     done ;;
-  ab)  # no pingpong: measured 2-4% slower than the seed on the H200 (knobs.py DEFAULTS notes)
-    slow=$(python3 - <<'EOF'
+  slowdowns)  # knob variants timed interleaved with the seed: which one is a known ~2% slowdown
+    timeout 200 python3 bench/knob_slowdowns.py --suite mha --rounds 32 --out "$out/slowdowns.json" 2>&1 \
+      | grep -v Warning | tail -8 | tee "$out/slowdowns.txt" ;;
+  ab)  # A/B: the variant knob_slowdowns measured closest to 2% slower, judged against the seed N times
+    knobs=$(python3 -c "
+import json; rows = json.load(open('$out/slowdowns.json'))['variants']
+slower = {k: v for k, v in rows.items() if v['ratio_ci'][1] < 1.0}
+name = min(slower, key=lambda k: abs(slower[k]['ratio'] - 0.98))
+print(json.dumps(rows[name]['knobs']))")
+    echo "A/B candidate knobs: $knobs" | tee "$out/ab.txt"
+    slow=$(python3 -c "
+import json
 from avo import jit
 from avo.suites import load_suite
-spec = load_suite("mha").specs[0]
-print(jit.render("flash_fwd_sm90", jit.load_knobs("flash_fwd_sm90", {"pingpong": False}, spec=spec)))
-EOF
-)
+spec = load_suite('mha').specs[0]
+print(jit.render('flash_fwd_sm90', jit.load_knobs('flash_fwd_sm90', json.loads('$knobs'), spec=spec)))")
     seed=$(seed_mha)
     for i in $(seq 1 "${2:-3}"); do
       timeout 200 python3 -m avo.eval "$slow" --suite mha --incumbent "$seed" --json "$out/ab_$i.json" 2>&1 \
-        | grep -E "verdict|speed vs|correct;|seconds" | tee "$out/ab_$i.txt"
+        | grep -E "verdict|speed vs|correct;|seconds" | tee -a "$out/ab.txt"
     done ;;
   throughput)
     timeout 500 python3 bench/harness_throughput.py --suite quick --count "${2:-12}" --out "$out/throughput.json" 2>&1 \
       | grep -v Warning | tail -16 | tee "$out/throughput.txt" ;;
-  *) echo "usage: bash bench/judge_visit.sh tests|seed|aa|ab [N]|throughput [N]"; exit 2 ;;
+  *) echo "usage: bash bench/judge_visit.sh tests|seed|aa|slowdowns|ab [N]|throughput [N]"; exit 2 ;;
 esac
