@@ -89,12 +89,15 @@ def test_mcp_over_streamable_http(tmp_path):
     proc = subprocess.Popen([sys.executable, *_server_args(tmp_path), "--http", "--port", str(port)], cwd=REPO,
                             stdout=log, stderr=log)
     try:
-        for _ in range(100):
+        deadline = time.monotonic() + 180  # importing torch and opening the run takes a while on a busy CPU
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 break
             except OSError:
-                time.sleep(0.2)
+                assert time.monotonic() < deadline, "the MCP server did not listen within 180 s"
+                time.sleep(0.3)
 
         async def main():
             async with Client(f"http://127.0.0.1:{port}/mcp", read_timeout_seconds=300) as client:
