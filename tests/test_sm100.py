@@ -166,18 +166,20 @@ COMPILE_VARIANTS = [
     (AttentionSpec("bf16", 128, True, 8), dict(ex2_emu_period=4, rescale_threshold=8.0)),
     (AttentionSpec("bf16", 128, True, 8), dict(pack_gqa=True)),
     (AttentionSpec("bf16", 64, False, 4), dict(pack_gqa=True)),
+    (AttentionSpec("bf16", 128, True, 4), dict(tile_n=64, kv_stages=3)),
 ]
 
 
 @pytest.mark.parametrize("spec, change", COMPILE_VARIANTS,
                          ids=lambda x: x.key() if isinstance(x, AttentionSpec) else ",".join(x))
 def test_knob_variants_compile(spec, change):
-    """Knobs off by default (FMA-emulated exp2, conditional rescaling, packed GQA) compile and
-    pass the checks."""
+    """Knobs off by default (FMA-emulated exp2, conditional rescaling, packed GQA, 64-key blocks)
+    compile without spills and pass the checks. (ex2_emu_period 2 leaves an 8-byte stack.)"""
     src = source_for(spec, **change)
     kernel = jit.compile_kernel(src, spec, arch=ARCH, run=False, trusted=True)
     report = dict(kernel.report, register_split=list(import_kernel_module(src).KERNEL.register_split))
     assert resources.check_report(report, ARCH, kernel.artifact_dir) == []
+    assert report["stack_frame_bytes"] == 0, "spills"
     ptx = (kernel.artifact_dir / "kernel.ptx").read_text()
     if change.get("ex2_emu_period"):
         # a quarter of the exponentials on the FMA pipes: the polynomial's exponent shift is there
