@@ -174,7 +174,7 @@ COMPILE_VARIANTS = [
                          ids=lambda x: x.key() if isinstance(x, AttentionSpec) else ",".join(x))
 def test_knob_variants_compile(spec, change):
     """Knobs off by default (FMA-emulated exp2, conditional rescaling, packed GQA, 64-key blocks)
-    compile without spills and pass the checks. (ex2_emu_period 2 leaves an 8-byte stack.)"""
+    compile without spills and pass the checks. (ex2_emu_period 2 leaves a 16-byte stack.)"""
     src = source_for(spec, **change)
     kernel = jit.compile_kernel(src, spec, arch=ARCH, run=False, trusted=True)
     report = dict(kernel.report, register_split=list(import_kernel_module(src).KERNEL.register_split))
