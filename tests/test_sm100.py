@@ -268,6 +268,21 @@ def test_check_report_without_declared_split_uses_the_least_any_split_needs():
     assert any("already need" in p for p in check(ptx, register_split=None))
 
 
+def test_check_report_catches_the_hopper_hang():
+    """archive v0023/v0028 (knowledge/tried.md): 240 x 2 + 32 = 512 registers per thread slot over
+    384 threads is 65,536 > the 64,512 (168 x 384) the CTA got at launch; setmaxnreg.inc hung.
+    Only the declared split shows it: the least any split needs (240 + 2 x 32) fits."""
+    ptx = "setmaxnreg.dec.sync.aligned.u32 32;\nsetmaxnreg.inc.sync.aligned.u32 240;\n"
+    report = {"registers": 168, "threads_per_block": 384, "static_smem_bytes": 0, "dynamic_smem_bytes": 164864,
+              "ptx_facts": resources.ptx_facts(ptx)}
+    assert resources.check_report(report, "sm_90a") == []
+    problems = resources.check_report({**report, "register_split": [32, 240, 240]}, "sm_90a")
+    assert any("65536 registers > the 64512" in p for p in problems), problems
+    v0005 = {**report, "register_split": [32, 232, 232],
+             "ptx_facts": resources.ptx_facts(ptx.replace("u32 240", "u32 232"))}
+    assert resources.check_report(v0005, "sm_90a") == []  # 232 x 2 + 32 = 496: it ran
+
+
 def test_check_report_sm90_has_no_tensor_memory():
     assert any("without tensor memory" in p for p in
                resources.check_report({**GOOD_REPORT, "ptx_facts": resources.ptx_facts(GOOD_PTX)}, "sm_90a"))
