@@ -210,7 +210,7 @@ def first_message(lineage, parent_id: str | None, candidate: Path, budget: StepB
 
 
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
-_FENCED = re.compile(r"```[ \t]*(?:json|tool_call|tool_code)?[ \t]*\n?(.*?)```", re.S | re.I)
+_FENCED = re.compile(r"```[ \t]*(?:json|tool_call|tool_code)?[ \t]*\n?(.*?)(?:```|$)", re.S | re.I)  # may be cut off
 
 
 def parse_text_tool_calls(content: str | None) -> tuple[list[tuple[str, str]], str]:
@@ -227,18 +227,35 @@ def parse_text_tool_calls(content: str | None) -> tuple[list[tuple[str, str]], s
     return [], ""
 
 
+def _closed(text: str) -> str:
+    """`text` with an unterminated string and unclosed brackets closed: a reply cut by max_tokens,
+    or a small model's missing last brace, still parses."""
+    stack, quoted, escaped = [], False, False
+    for ch in text:
+        if quoted:
+            escaped, quoted = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            quoted = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]" and stack:
+            stack.pop()
+    return text + ('"' if quoted else "") + "".join(reversed(stack))
+
+
 def _calls_in(body: str) -> list[tuple[str, str]]:
-    body = body.strip()
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError:
-        start = body.find("{")
-        if start < 0:
-            return []
+    start = body.find("{") if body.lstrip()[:1] != "[" else body.find("[")
+    if start < 0:
+        return []
+    obj = None
+    for text in (body[start:].strip(), _closed(body[start:].strip())):
         try:
-            obj, _ = json.JSONDecoder().raw_decode(body[start:])
+            obj, _ = json.JSONDecoder().raw_decode(text)
+            break
         except json.JSONDecodeError:
-            return []
+            continue
+    if obj is None:
+        return []
     out = []
     for item in obj if isinstance(obj, list) else [obj]:
         if not isinstance(item, dict):
@@ -367,8 +384,14 @@ def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, cand
                     result.rationale = result.rationale or tools.redact((msg.content or "")[:2000], secrets)
                     fail("the model stopped calling tools without submitting")
                     break
-                messages.append({"role": "user", "content": "Continue with the tools. End the step with "
-                                 "submit(rationale) or give_up(reason)."})
+                if msg.content and '"name"' in msg.content:  # a call the parser could not read
+                    record({"role": "event", "kind": "unparsed_tool_call",
+                            "content": "the reply looked like a tool call written as text but did not parse"})
+                    nudge = ('Your reply looked like a tool call, but it did not parse. Send exactly one JSON '
+                             'object, {"name": "<tool>", "arguments": {...}}, in a ```json block, or use tool calls.')
+                else:
+                    nudge = "Continue with the tools. End the step with submit(rationale) or give_up(reason)."
+                messages.append({"role": "user", "content": nudge})
                 continue
             idle = 0
             stuck = ""

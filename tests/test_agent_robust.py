@@ -204,3 +204,16 @@ def test_the_same_call_after_an_edit_is_not_a_repeat(seeded):
                              _reply(_call("list_lineage", {})), _reply(_call("give_up", {"reason": "x"}))])
     _run(server, seeded)
     assert "exact call before" not in server.requests[3]["body"]["messages"][-1]["content"]
+
+
+def test_a_call_cut_off_or_missing_its_last_brace_still_parses(seeded):
+    # both shapes are from the real-model run: a closing brace short, and a reply cut by max_tokens
+    assert parse_text_tool_calls('```json\n{\n  "name": "submit",\n  "arguments": {\n    "rationale": "x"\n}\n```')[0] \
+        == [("submit", '{"rationale": "x"}')]
+    assert parse_text_tool_calls('```json\n{"name": "give_up", "arguments": {"reason": "cut off by max_tok')[0] \
+        == [("give_up", '{"reason": "cut off by max_tok"}')]
+    server = ScriptedServer([{"content": '```json\n{"name": "read_candidate", "arguments": {"start_line": }\n```'},
+                             _reply(_call("give_up", {"reason": "x"}))])
+    result = _run(server, seeded)
+    assert result.outcome == "gave_up" and any(e.get("kind") == "unparsed_tool_call" for e in result.transcript)
+    assert "did not parse" in server.requests[1]["body"]["messages"][-1]["content"]
