@@ -36,7 +36,6 @@ _IDLE_REPLIES = 2  # consecutive replies without a tool call before the step cou
 _SAME_INVALID = 3  # the same invalid call this many times in a step stops the step
 _RETRY_AFTER_CAP_S = 300.0  # the longest Retry-After honoured
 _SHRINKS = 3  # context-length errors answered by shrinking the conversation, per request
-_KEYS: dict[str, str] = {}  # api keys taken out of the environment (see EndpointConfig.api_key)
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,8 @@ class EndpointConfig:
         llama.cpp) accept any key; the client insists on a non-empty one."""
         value = os.environ.pop(self.api_key_env, None)
         if value:
-            _KEYS[self.api_key_env] = value
-        return _KEYS.get(self.api_key_env) or "not-set"
+            tools.KEPT_SECRETS[self.api_key_env] = value
+        return tools.KEPT_SECRETS.get(self.api_key_env) or "not-set"
 
     def secret(self) -> str:
         key = self.api_key()

@@ -9,10 +9,11 @@ the same confinement as the in-process agent and the MCP server:
     python -m avo.tool --run runs/cli submit rationale='smaller K/V tile'
     python -m avo.tool --list                                   # the tools and their arguments
 
-A value is read as YAML (`configs=[a, b]`, `loops=true`), `--json '{...}'` passes the arguments as
-one object, and `@file` reads a value from a file (`write_candidate text=@new_kernel.py`). The
-step in progress is kept in the run directory, so successive commands continue it; submit or
-give_up records it in the lineage and the next command opens the next step.
+A value is read by the tool's schema (`count=60`, `loops=true`, `configs=a,b` or `configs=[a, b]`),
+`--json '{...}'` passes the arguments as one object, and `@file` reads a value from a file
+(`write_candidate text=@new_kernel.py`). The step in progress is kept in the run directory, so
+successive commands continue it; submit or give_up records it in the lineage and the next command
+opens the next step.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-import yaml
 
 __all__ = ["main"]
 
@@ -36,12 +35,7 @@ def _arguments(pairs: list[str], raw_json: str | None) -> dict:
         if value.startswith("@"):
             args[key] = Path(value[1:]).read_text()
             continue
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parsed = value
-        # a string stays a string when YAML would turn it into something else (e.g. '1.0' for a tool wanting text)
-        args[key] = parsed if isinstance(parsed, bool | int | list) else value
+        args[key] = value  # text: the registry reads numbers, booleans and lists by the tool's schema
     return args
 
 

@@ -113,10 +113,13 @@ _SECRET_SHAPES = re.compile(
     r"|\bxox[abpr]-[A-Za-z0-9-]{10,}|(?<=Bearer )[A-Za-z0-9._~+/=-]{16,}")
 
 
+KEPT_SECRETS: dict[str, str] = {}  # keys taken out of the environment (avo.agent.EndpointConfig.api_key)
+
+
 def secret_values(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """Values worth hiding: `extra` (e.g. the endpoint's key) and every environment variable whose
-    name says key, token, secret, password or credential (8 characters or more)."""
-    values = {v for v in extra if v and len(v) >= 4}
+    """Values worth hiding: `extra`, the keys taken out of the environment, and every environment
+    variable whose name says key, token, secret, password or credential (8 characters or more)."""
+    values = {v for v in (*extra, *KEPT_SECRETS.values()) if v and len(v) >= 4}
     values.update(v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8)
     return tuple(sorted(values, key=len, reverse=True))
 
@@ -849,8 +852,8 @@ def _validate(tool: Tool, args: dict) -> dict:
             value = int(value)
         elif want == "boolean" and isinstance(value, str) and value.lower() in ("true", "false"):
             value = value.lower() == "true"
-        elif want == "array" and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif want == "array" and isinstance(value, str):  # "a,b" or "[a, b]" (from the command line)
+            value = [v.strip().strip("'\"") for v in value.strip().strip("[]").split(",") if v.strip()]
         typ = _TYPES.get(want)
         if typ and not isinstance(value, typ) or (want == "integer" and isinstance(value, bool)):
             raise ToolError(f"{tool.name}: argument {name!r} must be {want}, got {type(value).__name__}")

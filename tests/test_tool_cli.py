@@ -57,3 +57,11 @@ def test_mistakes_are_one_line(tmp_path, capsys):
 def test_the_cli_runs_as_a_module():
     proc = subprocess.run([sys.executable, "-m", "avo.tool", "--list"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0 and "instruction_mix" in proc.stdout
+
+
+def test_values_are_read_by_the_tools_schema(tmp_path, capsys):
+    code, out, _ = _tool(tmp_path, capsys, "give_up", "reason=no")  # YAML would have made this False
+    assert code == 0
+    assert Lineage.load(tmp_path / "archive").nodes()[-1].rationale == "no"
+    code, out, _ = _tool(tmp_path, capsys, "read_candidate", "start_line=2", "max_lines=1")
+    assert code == 0 and out.startswith("    2  ") and "    3  " not in out

@@ -232,6 +232,7 @@ def test_arguments_a_tool_does_not_take_are_ignored_and_said_so(ctx):
     ok, text = _call(ctx, "list_lineage", node_id="v0000")  # what Qwen2.5-Coder-1.5B sent, three times in a row
     assert ok and text.startswith("[ignored argument(s) ['node_id']: list_lineage takes none]\n")
     assert json.loads(text.split("\n", 1)[1])["incumbent"] == "v0000"
+    assert tools._validate(tools.REGISTRY["test"], {"configs": "[a, 'b']"}) == {"configs": ["a", "b"]}
     ok, text = _call(ctx, "read_candidate", max_lines="3", colour="red")
     assert ok and "takes ['max_lines', 'path', 'start_line']" in text and "    3  " in text and "    4  " not in text
 
