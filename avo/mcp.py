@@ -9,7 +9,7 @@ the reference sources and this project's templates and harness files, and change
 candidate file through the tools. Resources: avo://brief (the step's brief, as the in-process
 agent's first message, with the supervisor's directions and earlier steps' notes), avo://directions,
 avo://lineage, avo://system (the job and the commit rule). A step opens on the first tool call
-and ends with submit or give_up; every candidate lands in the run's lineage like an in-process
+(or read of avo://brief) and ends with submit or give_up; every candidate lands in the run's lineage like an in-process
 step's, and the supervisor's directions for the next step are served as soon as it ends.
 Requires the `mcp` extra (pip install -e ".[mcp]").
 """
