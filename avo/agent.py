@@ -36,6 +36,7 @@ _IDLE_REPLIES = 2  # consecutive replies without a tool call before the step cou
 _SAME_INVALID = 3  # the same invalid call this many times in a step stops the step
 _RETRY_AFTER_CAP_S = 300.0  # the longest Retry-After honoured
 _SHRINKS = 3  # context-length errors answered by shrinking the conversation, per request
+_DROPPED = "[earlier messages were dropped to fit the context window; call tools again for what you need]"
 
 
 @dataclass(frozen=True)
@@ -533,7 +534,7 @@ class _Window:
         window = endpoint.context_window or _DEFAULT_WINDOW
         self.limit = max(1024, window - endpoint.max_tokens - 256)
         self.chars_per_token = 3.0  # conservative until the server reports usage
-        self.used = 0  # tokens of the conversation at the last fit
+        self.used = 0  # tokens of the last request as fitted (messages and tool schemas)
         self.overhead = len(json.dumps(tools.openai_tools()))  # the tool schemas ride along on every request
 
     def calibrate(self, response, messages: list) -> None:
@@ -551,29 +552,29 @@ class _Window:
         but the newest messages; then drop the oldest turns. The system prompt, the brief and the
         newest exchange stay."""
         budget = int(self.limit * self.chars_per_token) - self.overhead
-        self.used = int(_chars(messages) / self.chars_per_token)
-        if _chars(messages) <= budget:
-            return
-        # once over, cut well below the limit: every elision changes the conversation's prefix, which
-        # costs a server its prompt cache (llama.cpp re-read 3k tokens at 40 tokens/s on a CPU)
-        budget = int(budget * 0.7)
-        for keep, cut in ((4, 1000), (1, 300)):
-            for m in messages[2:len(messages) - keep]:
-                if _chars(messages) <= budget:
-                    return
-                _shorten(m, cut)
-        dropped = 0
-        while _chars(messages) > budget:
-            groups = _turns(messages)
-            if len(groups) <= 1:
-                break
-            start, end = groups[0]
-            del messages[start:end]
-            dropped += end - start
-        if dropped:
-            messages.insert(2, {"role": "user", "content": f"[{dropped} earlier messages were dropped to fit the "
-                                                          "context window; call tools again for what you need]"})
-        self.used = int(_chars(messages) / self.chars_per_token)
+        if _chars(messages) > budget:
+            # once over, cut well below the limit: every elision changes the conversation's prefix,
+            # which costs a server its prompt cache (llama.cpp re-read 3k tokens at 40 tokens/s on a CPU)
+            _elide(messages, int(budget * 0.7))
+        self.used = int((_chars(messages) + self.overhead) / self.chars_per_token)
+
+
+def _elide(messages: list, budget: int) -> None:
+    for keep, cut in ((4, 1000), (1, 300)):
+        for m in messages[2:len(messages) - keep]:
+            if _chars(messages) <= budget:
+                return
+            _shorten(m, cut)
+    dropped = False
+    while _chars(messages) > budget:
+        groups = _turns(messages)
+        if len(groups) <= 1:
+            break
+        start, end = groups[0]
+        del messages[start:end]
+        dropped = True
+    if dropped and messages[2].get("content") != _DROPPED:  # one note, however often turns are dropped
+        messages.insert(2, {"role": "user", "content": _DROPPED})
 
 
 def _chars(messages: list) -> int:

@@ -217,3 +217,27 @@ def test_a_call_cut_off_or_missing_its_last_brace_still_parses(seeded):
     result = _run(server, seeded)
     assert result.outcome == "gave_up" and any(e.get("kind") == "unparsed_tool_call" for e in result.transcript)
     assert "did not parse" in server.requests[1]["body"]["messages"][-1]["content"]
+
+
+def test_elision_drops_the_oldest_turns_last_and_says_so_once():
+    from avo.agent import _DROPPED, _chars, _Window
+
+    def turn(i):
+        return [{"role": "assistant", "content": None, "tool_calls": [
+                    {"id": f"c{i}", "type": "function", "function": {"name": "read_candidate", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": f"c{i}", "content": f"turn {i} " + "x" * 3000}]
+
+    window = _Window(EndpointConfig(base_url="x", model="m", context_window=9000, max_tokens=500))
+    messages = [{"role": "system", "content": "s" * 2000}, {"role": "user", "content": "brief"}]
+    for i in range(30):
+        messages += turn(i)
+        window.fit(messages)
+    assert [m["content"] for m in messages if m["content"] == _DROPPED] == [_DROPPED]
+    assert messages[0]["content"] == "s" * 2000 and messages[1]["content"] == "brief"
+    assert messages[-1]["content"].startswith("turn 29 ") and len(messages[-1]["content"]) > 3000  # newest kept whole
+    assert not any(m.get("content", "").startswith("turn 0 ") for m in messages[2:] if m["content"])
+    # every tool result still follows the call it answers
+    for i, m in enumerate(messages):
+        if m["role"] == "tool":
+            assert messages[i - 1]["tool_calls"][0]["id"] == m["tool_call_id"]
+    assert _chars(messages) + window.overhead <= (9000 - 500 - 256) * window.chars_per_token  # schemas counted
