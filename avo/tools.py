@@ -545,8 +545,9 @@ def _artifacts(ctx: Context, version: str, config: str | None) -> Path:
 
 
 def _disassemble(ctx: Context, cubin: Path) -> str:
-    cache = cubin.with_suffix(".sass")
-    if cache.exists():
+    # kept in the run, never in the compile cache (whose entries hold exactly what the compile made)
+    cache = Path(ctx.run_dir) / "sass" / f"{cubin.parent.name}.sass" if ctx.run_dir else None
+    if cache is not None and cache.exists():
         return cache.read_text()
     for tool, argv in (("cuobjdump", ["-sass"]), ("nvdisasm", ["-c"])):
         binary = find_binary(tool)
@@ -554,10 +555,9 @@ def _disassemble(ctx: Context, cubin: Path) -> str:
             proc = _run(ctx, [binary, *argv, str(cubin)], tool, cap_s=120)
             if proc.returncode != 0:
                 raise ToolError(f"{tool} failed: {proc.stderr.strip()[:500]}")
-            try:
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
                 cache.write_text(proc.stdout)
-            except OSError:
-                pass
             return proc.stdout
     raise ToolError("no cuobjdump or nvdisasm here (CUDA's bin/, or pip install nvidia-cuda-cuobjdump): "
                     "SASS cannot be shown; ptx() works without them")
