@@ -8,7 +8,8 @@ sample, and candidate/incumbent samples of a round form a pair whose ratio cance
     poison every output buffer of the contender (NaN) -> flush L2 -> event -> n launches -> event
 
 with n chosen so that a sample lasts at least MIN_SAMPLE_MS (launch overhead must not dominate a
-short config) and the n launches writing to rotating output buffers. Rounds come in blocks; before
+short config), each of the n launches writing a buffer of its own (a kernel that finds a previous
+output in its buffer could skip its work: every buffer holds NaN when a sample starts). Rounds come in blocks; before
 each block the inputs are regenerated in place (same pointers, new values), and in each block one
 round chosen at random has the candidate's last output checked against the fp32 reference (all of
 it for NaN, a random window of query rows for values) before anything overwrites it: a kernel that
@@ -35,7 +36,7 @@ __all__ = ["BASELINES", "DENSE_BF16_PEAK_TFLOPS", "MIN_SAMPLE_MS", "Measurement"
 
 BASELINES = ("fa4", "cudnn", "fa2")
 MIN_SAMPLE_MS = 1.0  # a sample of a short config repeats the launch until it lasts this long
-_ROTATE = 3  # output buffers per kernel, used in turn by consecutive launches
+_ROTATE = 3  # at least this many output buffers per kernel, used in turn by consecutive launches
 _CHECK_ROWS = 128  # query rows of the reference spot check in each block
 _L2_FLUSH_BYTES = 256 << 20  # larger than any L2 (H100 50 MB, B200 126 MB)
 
@@ -137,9 +138,7 @@ class _ConfigState:
             if config.spec in per_spec:
                 fn = per_spec[config.spec]
                 self.contenders[name] = lambda o, lse, fn=fn: fn(self.q, self.k, self.v, o, lse, self.scale)
-                self.buffers[name] = [(torch.empty_like(self.q),
-                                       torch.empty(config.batch, config.heads_q, config.seqlen_q, device="cuda"))
-                                      for _ in range(_ROTATE)]
+                self.buffers[name] = [self._output_buffers()]
         for name in baselines:
             fn, why = baseline_fn(name, config, self.q, self.k, self.v, self.scale)
             if fn is None:
@@ -150,6 +149,12 @@ class _ConfigState:
         result.flags[config.name] = []
         self.launches = self._calibrate()
         result.launches[config.name] = self.launches
+        for name in self.buffers:  # a buffer of its own for every launch of a sample: none is written twice
+            self.buffers[name] += [self._output_buffers() for _ in range(max(_ROTATE, self.launches) - 1)]
+
+    def _output_buffers(self) -> tuple:
+        config = self.config
+        return torch.empty_like(self.q), torch.empty(config.batch, config.heads_q, config.seqlen_q, device="cuda")
 
     def new_inputs(self, seed: int) -> None:
         """New values in the same buffers: a kernel that keys a cache on its pointers goes stale."""
@@ -172,14 +177,14 @@ class _ConfigState:
         run = self.contenders[name]
         start.record()
         for _ in range(self.launches):
-            o, lse = buffers[self.turn.get(name, 0) % _ROTATE] if buffers else (None, None)
+            o, lse = buffers[self.turn.get(name, 0) % len(buffers)] if buffers else (None, None)
             self.turn[name] = self.turn.get(name, 0) + 1
             run(o, lse)
         end.record()
         return start, end
 
     def check_last(self, name: str, verify, rng) -> None:
-        o, lse = self.buffers[name][(self.turn[name] - 1) % _ROTATE]
+        o, lse = self.buffers[name][(self.turn[name] - 1) % len(self.buffers[name])]
         sq = self.config.seqlen_q
         first = rng.randrange(max(1, sq - _CHECK_ROWS + 1))
         rows = (first, min(sq, first + _CHECK_ROWS))

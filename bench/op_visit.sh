@@ -9,7 +9,7 @@
 set -u
 OUT="${OUT:-$PWD/op_visit_out}"
 mkdir -p "$OUT"
-export AVO_CACHE_DIR="${AVO_CACHE_DIR:-$OUT/kernel_cache}"  # a fresh cache: what a new user compiles
+export AVO_CACHE_DIR="${AVO_CACHE_DIR:-$(mktemp -d /tmp/avo-op-cache.XXXX)}"  # a fresh cache (outside $OUT: thousands of files)
 declare -A RC
 
 part() {  # part NAME CMD...: run, tee its output to $OUT/NAME.txt, keep its exit status

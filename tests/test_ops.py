@@ -218,7 +218,8 @@ def _assert_matches_reference(out, lse, q, k, v, causal, scale):
     assert err <= 2 * rounding + 1e-3, (err, rounding)
     finite = ref_lse.isfinite()
     assert torch.equal(lse.isfinite(), finite)
-    assert (lse[finite] - ref_lse[finite]).abs().max().item() < 1e-3
+    if finite.any():  # an empty sequence has no row at all
+        assert (lse[finite] - ref_lse[finite]).abs().max().item() < 1e-3
 
 
 @pytest.mark.gpu
