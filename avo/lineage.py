@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["STATUSES", "Candidate", "Lineage", "LineageError", "read_nodes"]
 
 FORMAT_VERSION = 1
-STATUSES = ("committed", "rejected", "failed_compile", "failed_correctness", "timeout", "crashed", "screened",
-            "pending")  # screened: compiled only (no matching GPU), never run
+STATUSES = ("committed", "rejected", "failed_compile", "failed_correctness", "failed_sanitizer", "timeout", "crashed",
+            "screened", "pending")  # screened: compiled only (no matching GPU), never run
 
 
 class LineageError(Exception):

@@ -31,6 +31,7 @@ STATUS_COLORS = {
     "rejected": "#8c8c8c",
     "failed_compile": "#d62728",
     "failed_correctness": "#ff7f0e",
+    "failed_sanitizer": "#e377c2",  # a race or bad access compute-sanitizer found
     "timeout": "#9467bd",
     "crashed": "#8c564b",
     "screened": "#17becf",  # compiled only, never run
@@ -176,7 +177,7 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-FAILED = ("failed_compile", "failed_correctness", "timeout", "crashed")
+FAILED = ("failed_compile", "failed_correctness", "failed_sanitizer", "timeout", "crashed")
 MAX_WIDTH_IN = 40.0  # a figure wider than this is unreadable on a screen: nodes shrink instead
 LABEL_LIMIT = 60  # past this many drawn nodes only the committed ones carry a label
 
