@@ -77,7 +77,9 @@ def _compile_one(out: Path, source: Path, spec: AttentionSpec, arch: str) -> dic
     shutil.rmtree(dump, ignore_errors=True)
     if not (out / "kernel.cubin").exists():
         raise CompileError("compile", "the DSL produced no cubin", str(source))
-    return {"compile_seconds": round(seconds, 3), "launches": launches}
+    split = getattr(kernel_cls, "register_split", ()) or ()
+    return {"compile_seconds": round(seconds, 3), "launches": launches,
+            "register_split": [int(x) for x in split]}
 
 
 @contextmanager

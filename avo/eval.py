@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         lineage = Lineage.load(args.archive)
         load_suite(args.suite)
         source, node_id = resolve_source(args.kernel, lineage)
-        incumbent, incumbent_id = _incumbent(args.incumbent, lineage)
+        incumbent, incumbent_id = _incumbent(args.incumbent, lineage, args.arch.split(",")[0].strip())
     except (LineageError, SuiteError, FileNotFoundError, jit.CompileError) as exc:
         print(f"avo.eval: {exc}", file=sys.stderr)
         return 2
@@ -80,11 +80,11 @@ def main(argv=None) -> int:
     return 0 if verdict.status in ("committed", "screened") else 1
 
 
-def _incumbent(choice: str, lineage: Lineage) -> tuple[str | None, str | None]:
+def _incumbent(choice: str, lineage: Lineage, arch: str) -> tuple[str | None, str | None]:
     if choice == "none":
         return None, None
-    if choice == "best":
-        best = lineage.best()
+    if choice == "best":  # the newest commit measured on this arch: an sm_90a node is no incumbent on a B200
+        best = lineage.best(arch=arch)
         return (str(resolve_source(best.id, lineage)[0]), best.id) if best else (None, None)
     source, node_id = resolve_source(choice, lineage)
     return str(source), node_id
@@ -119,10 +119,12 @@ def format_verdict(verdict) -> str:
     lines = [f"verdict: {verdict.status.upper()} at stage {verdict.stage}", f"  {verdict.diagnosis}"]
     for arch, per_spec in verdict.compile_reports.items():
         for spec_key, r in per_spec.items():
+            smem = r.get("dynamic_smem_bytes")
+            mma = f"tcgen05.mma {r.get('ptx_tcgen05_mma')}" if arch == "sm_100a" else f"wgmma {r.get('ptx_wgmma')}"
+            problems = "; ".join(r.get("resource_problems") or []) or "resources ok"
             lines.append(f"  compile {arch} {spec_key}: {r.get('registers')} regs, "
-                         f"stack {r.get('stack_frame_bytes')} B, smem {r.get('dynamic_smem_bytes', '?')} B, "
-                         f"{r.get('threads_per_block')} threads, wgmma {r.get('ptx_wgmma')}, "
-                         f"{r.get('compile_seconds')} s")
+                         f"stack {r.get('stack_frame_bytes')} B, smem {f'{smem} B' if smem else '-'}, "
+                         f"{r.get('threads_per_block')} threads, {mma}, {problems}, {r.get('compile_seconds')} s")
     if verdict.scores:
         names = ["candidate"] + (["incumbent"] if verdict.incumbent_scores else []) + list(verdict.baselines)
         lines.append("  " + f"{'config':34s}" + "".join(f"{n:>11s}" for n in names) + "   (TFLOPS)")

@@ -140,6 +140,11 @@ def evaluate(source: str | Path, suite: str = "quick", archs: tuple[str, ...] = 
             return done(Verdict("failed_compile", "compile", f"[{arch} {spec.key()}] {kernel}", compile_reports=reports,
                                 compile_only=compile_only, timing={"compile": round(time.monotonic() - t0, 2)}))
         reports.setdefault(arch, {})[spec.key()] = kernel.report
+        problems = kernel.report.get("resource_problems") or []
+        if problems:  # compiles, but would hang or fail to launch: the only check there is without the GPU
+            return done(Verdict("failed_compile", "compile", f"[{arch} {spec.key()}] resources: {problems[0]}",
+                                compile_reports=reports, compile_only=compile_only,
+                                timing={"compile": round(time.monotonic() - t0, 2)}))
     timing = {"compile": round(time.monotonic() - t0, 2)}
     if compile_only:
         why = "asked for" if gpu_arch in archs else "no matching GPU"

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import jinja2
 
-from avo import hostobj, sandbox
+from avo import hostobj, resources, sandbox
 from avo.atomic import atomic_write, file_lock
 from avo.cubin import read_resources
 from avo.spec import AttentionSpec
@@ -352,7 +352,7 @@ def _publish(out: Path, entry: Path, source: Path, spec: AttentionSpec, arch: st
             raise _untrusted_error(files["error.json"], source)
         for name in _ARTIFACTS:
             shutil.copyfile(files[name], clean / name)
-        meta["report"] = _report(clean, json.loads(files["build.json"].read_text()[:100000]), source)
+        meta["report"] = _report(clean, json.loads(files["build.json"].read_text()[:100000]), source, arch)
         _stats["compiles"] += 1
     except CompileError as exc:
         meta["error"] = exc.as_dict()
@@ -386,7 +386,7 @@ def _regular_file(path: Path) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size <= _MAX_ARTIFACT_BYTES
 
 
-def _report(entry: Path, facts: dict, source: Path) -> dict:
+def _report(entry: Path, facts: dict, source: Path, arch: str) -> dict:
     """Resources read here from the cubin and PTX; from the build only its timing and the traced
     launches (informational). The object is checked before it is linked."""
     try:
@@ -405,6 +405,10 @@ def _report(entry: Path, facts: dict, source: Path) -> dict:
                            "block": [b for b in (x.get("block") or []) if isinstance(b, int)][:3]} for x in launches]
     if report["launches"] and all(isinstance(x["smem"], int) for x in report["launches"]):
         report["dynamic_smem_bytes"] = max(x["smem"] for x in report["launches"])
+    split = facts.get("register_split")
+    if isinstance(split, list) and 0 < len(split) <= 8 and all(isinstance(x, int) for x in split):
+        report["register_split"] = split  # the kernel's own declaration: checked against the PTX below
+    report["resource_problems"] = resources.check_report(report, arch, entry)
     report["object_check"] = note or "passed"
     report["shared_library"] = _link_shared_library(entry)
     return report
@@ -422,7 +426,8 @@ def _ptx_facts(ptx: Path) -> dict:
     if not ptx.exists():
         return {}
     text = ptx.read_text()
-    return {"ptx_wgmma": text.count("wgmma.mma_async"), "ptx_tma_loads": text.count("cp.async.bulk.tensor"),
+    return {"ptx_wgmma": text.count("wgmma.mma_async"), "ptx_tcgen05_mma": len(re.findall(r"\btcgen05\.mma\b", text)),
+            "ptx_tma_loads": text.count("cp.async.bulk.tensor"),
             "ptx_setmaxnreg": text.count("setmaxnreg"), "ptx_local_bytes": _local_bytes(text)}
 
 

@@ -36,7 +36,7 @@ from avo.spec import AttentionSpec
 __all__ = ["HEAD_DIMS", "SEEDS", "Attention", "attention", "attention_varlen", "default_archive", "load", "prepare"]
 
 # The seed family of each arch: the fallback when the archive has no committed node for it.
-SEEDS = {"sm_90a": "flash_fwd_sm90"}
+SEEDS = {"sm_90a": "flash_fwd_sm90", "sm_100a": "flash_fwd_sm100"}  # sm_100a: compile-verified only (no B200 here)
 # Head dims the seed supports, hence the ones every specialization can fall back on.
 HEAD_DIMS = (64, 128, 256)
 _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
