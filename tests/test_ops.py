@@ -141,7 +141,7 @@ def test_candidates_are_committed_nodes_of_the_arch_best_first_then_the_seed(arc
     best = ops.load(None, archive)
     assert best.candidates("sm_90a") == [("v0001", archive / "sources/v0001.py"),
                                          ("v0000", archive / "sources/v0000.py"), ("seed:flash_fwd_sm90", None)]
-    assert best.candidates("sm_100a") == [("v0002", archive / "sources/v0002.py")]  # no sm_100a seed
+    assert best.candidates("sm_100a") == [("v0002", archive / "sources/v0002.py"), ("seed:flash_fwd_sm100", None)]
     assert ops.load("v0002", archive).candidates("sm_100a") == [("v0002", archive / "sources/v0002.py")]
     with pytest.raises(ValueError, match="^avo.attention: node v0002 was evolved for sm_100a, not sm_90a$"):
         ops.load("v0002", archive).candidates("sm_90a")
@@ -158,7 +158,7 @@ def test_the_first_candidate_that_compiles_for_the_spec_is_chosen(archive):
     assert ops.load(None, archive) is best
 
 
-def test_no_kernel_is_a_clear_error(archive, tmp_path):
+def test_no_kernel_is_a_clear_error(archive, tmp_path, monkeypatch):
     spec = AttentionSpec(dtype="bf16", head_dim=96)
     lineage = Lineage.load(tmp_path / "refusing")
     lineage.add(Candidate(id="v0000", status="committed", arch="sm_90a", geomean=1.0), source_text=_REFUSES)
@@ -169,6 +169,11 @@ def test_no_kernel_is_a_clear_error(archive, tmp_path):
     assert message.startswith("avo.attention: no kernel compiles for bf16_d96_full_g1 on sm_90a; tried v0000 "
                               "(unsupported: can_implement rejected bf16_d96_full_g1: only head_dim 128); "
                               "seed:flash_fwd_sm90 (unsupported: can_implement rejected bf16_d96_full_g1: head_dim 96")
+    with pytest.raises(RuntimeError) as exc:
+        ops.load(None, tmp_path / "empty").kernel(spec, "sm_100a")
+    assert str(exc.value).startswith("avo.attention: no kernel compiles for bf16_d96_full_g1 on sm_100a; tried "
+                                     "seed:flash_fwd_sm100 (unsupported: can_implement rejected bf16_d96_full_g1")
+    monkeypatch.setattr(ops, "SEEDS", {"sm_90a": "flash_fwd_sm90"})
     with pytest.raises(RuntimeError) as exc:
         ops.load(None, tmp_path / "empty").kernel(spec, "sm_100a")
     assert str(exc.value) == (f"avo.attention: no kernel for sm_100a: {tmp_path / 'empty'} has no committed sm_100a "
@@ -238,6 +243,21 @@ def test_op_matches_the_fp32_reference(shape, causal):
     # the default scale is 1/sqrt(head_dim)
     out, lse = avo.attention(q, k, v, causal=causal, return_lse=True)
     _assert_matches_reference(out, lse, q, k, v, causal, 1 / math.sqrt(head_dim))
+
+
+@pytest.mark.gpu
+def test_the_eager_fast_path_and_the_op_give_the_same_bits(monkeypatch):
+    """Without gradients, eager calls skip the dispatcher; with them (or traced) they go through the op."""
+    q, k, v = _inputs(2, 300, 517, 8, 2, 128)
+    fast = avo.attention(q, k, v, causal=True, return_lse=True)
+    through_op = torch.ops.avo.attention_fwd(q, k, v, True, 1 / math.sqrt(128), "")
+    assert all(torch.equal(a, b) for a, b in zip(fast, through_op, strict=True))
+    taken = []
+    monkeypatch.setattr(ops, "_attention_fwd", lambda *a: taken.append(a) or through_op)
+    avo.attention(q, k, v, causal=True)
+    assert len(taken) == 1  # the fast path
+    avo.attention(q.requires_grad_(), k, v, causal=True)
+    assert len(taken) == 1  # a gradient is wanted: through the op (which calls its own impl, not the patched name)
 
 
 @pytest.mark.gpu
