@@ -6,6 +6,7 @@ an unknown key is an error, not a silent no-op.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ class EvaluationSection:
     rounds: int = 128  # cap on paired timing rounds per config (adaptive: stops once the decision is clear)
     baselines: tuple[str, ...] = ("fa4", "cudnn")  # measured in the same run on each commit
     gpus: tuple[int, ...] = (0,)  # one isolated worker per GPU: the knob operator evaluates one proposal on each
+    backend: str = "local"  # local: the GPUs of `gpus` on this host; ray: every GPU of a Ray cluster (avo.cluster)
+    ray_address: str | None = None  # backend ray: "auto" (the cluster this host joined), HOST:PORT, ray://...;
+    # None starts a Ray instance of this host's own
 
 
 @dataclass(frozen=True)
@@ -193,5 +197,9 @@ def _validate(config: RunConfig) -> None:
             raise ConfigError(f"arch {arch!r}: use one of {', '.join(ARCHS)}")
     if config.operator == "agent" and not (config.endpoint.base_url and config.endpoint.model):
         raise ConfigError("operator agent needs endpoint.base_url and endpoint.model")
+    if config.evaluation.backend not in ("local", "ray"):
+        raise ConfigError(f"evaluation.backend {config.evaluation.backend!r}: use local or ray")
+    if config.evaluation.backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("evaluation.backend ray needs Ray: pip install -e \".[ray]\"")
     if config.budget.candidates < 1 or config.budget.wall_hours <= 0:
         raise ConfigError("budget.candidates and budget.wall_hours must be positive")
