@@ -23,12 +23,12 @@ from pathlib import Path
 
 from avo import jit
 from avo.atomic import atomic_write
+from avo.cluster import RayBackend, evaluate_local
 from avo.config import ConfigError, RunConfig, load_config, save_config
 from avo.evaluate import Verdict, evaluate
 from avo.lineage import Candidate, Lineage, LineageError
 from avo.progress import Progress
 from avo.suites import SuiteError, load_suite
-from avo.worker import map_per_gpu
 
 __all__ = ["Run", "main"]
 
@@ -45,7 +45,8 @@ class Run:
         self.evaluate_fn = evaluate_fn
         self.rng = random.Random(config.random_seed)
         self.state = self._load_state() if resume else {"candidates": 0, "tokens": 0, "elapsed_s": 0.0, "steps": []}
-        self.gpu_arch = jit.current_arch()
+        self.backend = RayBackend(config.evaluation.ray_address) if config.evaluation.backend == "ray" else None
+        self.gpu_arch = self.backend.gpu_arch() if self.backend else jit.current_arch()
         self.compile_only = self.gpu_arch != config.arch
         self.progress = progress or Progress(self.dir / "events.jsonl", f"avo evolve: {config.name}")
         self._session_start = time.monotonic()
@@ -68,6 +69,13 @@ class Run:
             screened = [n for n in self.lineage.nodes("screened") if n.suite == self.config.suite]
             return self.lineage.best(self.config.suite, self.config.arch) or (screened[-1] if screened else None)
         return self.lineage.best(self.config.suite, self.config.arch)
+
+    def slots(self) -> int:
+        """Candidates evaluated at once: one per GPU of evaluation.gpus here (one in all when
+        screening: each compile already uses the cores), or the Ray cluster's GPUs (CPUs to screen)."""
+        if self.backend is not None:
+            return self.backend.slots(self.compile_only)
+        return 1 if self.compile_only else len(self.config.evaluation.gpus)
 
     def incumbent_source(self) -> Path | None:
         best = self.lineage.best(self.config.suite, self.config.arch)
@@ -111,22 +119,21 @@ class Run:
         return self.judge_batch([(node, source)])[0]
 
     def judge_batch(self, items: list[tuple[Candidate, Path | None]]) -> list[Verdict]:
-        """Evaluate reserved nodes at once, one isolated worker per GPU of `evaluation.gpus`, each
-        against the same incumbent, then record them. Commits are recorded slowest first, so the
+        """Evaluate reserved nodes at once, each against the same incumbent, then record them (here
+        only: a Ray node never writes the lineage). Commits are recorded slowest first, so the
         newest commit (the next incumbent) is the fastest of the batch."""
         cfg = self.config.evaluation
-        gpus = (None,) if self.compile_only else cfg.gpus
         incumbent = self.incumbent_source()
         archs = tuple(dict.fromkeys((self.config.arch, *self.config.compile_archs)))
-
-        def run(item: tuple[Candidate, Path | None], gpu) -> Verdict:
-            node, source = item
-            return self.evaluate_fn(source or Path(node.source_path), suite=self.config.suite, archs=archs,
-                                    incumbent=incumbent, compile_only=True if self.compile_only else None,
-                                    gpu=gpu, timeout_s=cfg.timeout_s, seeds=cfg.seeds,
-                                    rounds=cfg.rounds, baselines=cfg.baselines if incumbent is None else ())
-
-        verdicts = map_per_gpu(run, items, gpus)
+        kwargs = dict(suite=self.config.suite, archs=archs, incumbent=incumbent,
+                      compile_only=True if self.compile_only else None, timeout_s=cfg.timeout_s, seeds=cfg.seeds,
+                      rounds=cfg.rounds, baselines=cfg.baselines if incumbent is None else ())
+        jobs = [(node.id, source or Path(node.source_path)) for node, source in items]
+        if self.backend is None:  # this host: one isolated worker per GPU of evaluation.gpus
+            verdicts = evaluate_local(self.evaluate_fn, jobs, kwargs, (None,) if self.compile_only else cfg.gpus,
+                                      self.progress, compile_first=self.evaluate_fn is evaluate)
+        else:  # a Ray cluster: a task per candidate, on whichever GPU Ray finds free
+            verdicts = self.backend.map(self.evaluate_fn, jobs, kwargs, self.progress)
         order = sorted(range(len(items)), key=lambda i: (verdicts[i].status == "committed", verdicts[i].ratio or 0.0))
         for i in order:
             node, source = items[i]
@@ -168,10 +175,10 @@ class Run:
         return self.lineage.get(node.id)
 
     def step_knobs(self, operator) -> bool:
-        """One proposal per GPU (never past the candidate budget), evaluated side by side."""
+        """One proposal per slot (never past the candidate budget), evaluated side by side."""
         incumbent = self.incumbent()
         room = self.config.budget.candidates - self.state["candidates"]
-        batch = 1 if self.compile_only else max(1, min(len(self.config.evaluation.gpus), room))
+        batch = max(1, min(self.slots(), room))
         nodes = []
         for _ in range(batch):
             proposal = operator.propose(self.lineage, incumbent.id if incumbent else None)
@@ -267,7 +274,8 @@ def _own_archive(config: RunConfig, overrides: list[str]) -> tuple[RunConfig, st
     """Without a GPU of the run's arch nothing is measured, only screened: such a run keeps its own
     archive under its run dir rather than adding screened nodes to the tracked archive/, unless
     the command line names an archive. Returns the config and what to tell the user."""
-    gpu = jit.current_arch()
+    gpu = RayBackend(config.evaluation.ray_address).gpu_arch() if config.evaluation.backend == "ray" \
+        else jit.current_arch()
     if gpu == config.arch or any(o.strip().startswith("archive=") for o in overrides):
         return config, None
     if Path(config.archive).resolve() != (jit.REPO / "archive").resolve():
