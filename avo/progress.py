@@ -1,10 +1,12 @@
 """What a run tells the person watching it: a JSONL event log always (runs/<name>/events.jsonl),
-a live panel on a terminal (rich, when installed), plain log lines otherwise."""
+a live panel on a terminal (rich, when installed), plain log lines otherwise. The panel has a line
+per candidate in flight: where it runs (GPU, host) and its stage (`stage` events, avo.cluster)."""
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -24,6 +26,8 @@ class Progress:
         self.tokens = 0
         self.cost = 0.0
         self.started = time.time()
+        self.in_flight: dict[str, dict] = {}  # candidate id -> its latest `stage` event
+        self._lock = threading.Lock()  # events come from a thread per GPU
         self._live = None
         if live is None:
             live = sys.stdout.isatty()
@@ -37,6 +41,10 @@ class Progress:
                 self._live = None
 
     def event(self, kind: str, **data) -> None:
+        with self._lock:
+            self._event(kind, data)
+
+    def _event(self, kind: str, data: dict) -> None:
         record = {"time": round(time.time(), 3), "event": kind, **data}
         with open(self.events_path, "a") as f:
             f.write(json.dumps(record, default=str) + "\n")
@@ -45,10 +53,16 @@ class Progress:
             self.recent.append(data)
             self.tokens += int(data.get("tokens") or 0)
             self.cost += float(data.get("cost_usd") or 0.0)
+            self.in_flight.pop(data.get("id"), None)
         elif kind == "incumbent":
             self.best = data
         elif kind == "baselines":
             self.baselines = data.get("geomean", {})
+        elif kind == "stage":
+            self.in_flight[data["id"]] = {**data, "since": record["time"]}
+        elif kind in ("stage_done", "lost"):
+            if self.in_flight.get(data["id"], {}).get("stage") == data.get("stage") or kind == "lost":
+                self.in_flight.pop(data["id"], None)
         if self._live is not None:
             self._live.update(self._panel())
         else:
@@ -64,6 +78,9 @@ class Progress:
             ratio = f" ratio {data['ratio']:.4f}" if data.get("ratio") else ""
             return (f"[{stamp}] {data['id']} {data['operator']:6s} {data['status']:18s} "
                     f"geomean {_tflops(data.get('geomean')):>7s}{ratio}  {str(data.get('diagnosis', ''))[:110]}")
+        if kind in ("stage", "stage_done"):
+            took = f" done in {data['end'] - data['start']:.1f} s" if kind == "stage_done" else ""
+            return f"[{stamp}] {_where(data):>14s}  {data['id']} {data['stage']}{took}"
         details = " ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, dict | list))
         return f"[{stamp}] {kind}: {details}"
 
@@ -85,7 +102,16 @@ class Progress:
         anchors = "  ".join(f"{k} {v:.1f}" for k, v in self.baselines.items())
         counts = "  ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
         header = f"{best}   {anchors}\n{counts}   tokens {self.tokens}   cost ${self.cost:.2f}   {minutes:.1f} min"
-        return Panel(Group(Text(header), table), title=self.title)
+        now = time.time()
+        flights = [f"{_where(f):>14s}  {f['id']}  {f['stage']:8s} {now - f['since']:6.0f} s"
+                   for f in sorted(self.in_flight.values(), key=lambda f: (_where(f), f["id"]))]
+        return Panel(Group(Text(header), *([Text("\n".join(flights))] if flights else []), table), title=self.title)
+
+
+def _where(data: dict) -> str:
+    """Where a stage runs: `gpu1`, `10.0.0.7 gpu0`, `cpu` (a compile)."""
+    slot = "cpu" if data.get("gpu") is None else f"gpu{data['gpu']}"
+    return f"{data['host']} {slot}" if data.get("host") else slot
 
 
 def _tflops(value) -> str:
