@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from avo.evaluate import Verdict
@@ -47,18 +46,28 @@ LOST_RETRIES = 2  # a candidate lost with its worker or node is queued again thi
 
 
 class _Cores:
-    """Build processes the compiles of candidates may run at once: one per two cores."""
+    """Build processes the compiles of candidates may run at once (one per two cores), handed out
+    in the order the compiles were asked for: a GPU takes its candidates in that order too."""
 
     def __init__(self, units: int):
         self.units, self.free = units, units
         self._cond = threading.Condition()
+        self._issued = self._served = 0
+
+    def ticket(self) -> int:
+        with self._cond:
+            self._issued += 1
+            return self._issued - 1
 
     @contextlib.contextmanager
-    def hold(self, n: int):
-        n = max(1, min(n, self.units))
+    def hold(self, ticket: int, n: int):
+        """Wait for this ticket's turn and `n` free units (0: just the turn); every ticket must come here."""
+        n = min(n, self.units)
         with self._cond:
-            self._cond.wait_for(lambda: self.free >= n)
+            self._cond.wait_for(lambda: self._served == ticket and self.free >= n)
+            self._served += 1
             self.free -= n
+            self._cond.notify_all()
         try:
             yield
         finally:
@@ -79,25 +88,24 @@ def evaluate_local(evaluate_fn, jobs: list[tuple[str, Path]], kwargs: dict, gpus
     time (map_per_gpu); verdicts in job order. compile_first: build every job's kernels on the CPU
     first (into the disk cache evaluate reads), so that its GPU waits only for the judge."""
     stage = "compile" if kwargs.get("compile_only") else "judge"
-    pool = ThreadPoolExecutor(max_workers=len(jobs)) if compile_first and stage == "judge" else None
-    built = {node_id: pool.submit(_compile, node_id, source, kwargs, progress) for node_id, source in jobs} \
-        if pool else {}
+    built = {}
+    if compile_first and stage == "judge":
+        for node_id, source in jobs:  # daemon threads: an interrupted run does not wait for them
+            built[node_id] = threading.Event()
+            threading.Thread(target=_compile, args=(node_id, source, kwargs, progress, _CORES.ticket(),
+                                                    built[node_id]), daemon=True).start()
 
     def task(job, gpu):
         node_id, source = job
         if node_id in built:
-            built[node_id].result()
+            built[node_id].wait()
         with _GPU_HELD[gpu], _stage(progress, node_id, stage, gpu):
             return evaluate_fn(source, gpu=gpu, **kwargs)
 
-    try:
-        return map_per_gpu(task, jobs, gpus)
-    finally:
-        if pool:
-            pool.shutdown(wait=False, cancel_futures=True)
+    return map_per_gpu(task, jobs, gpus)
 
 
-def _compile(node_id: str, source: Path, kwargs: dict, progress) -> None:
+def _compile(node_id: str, source: Path, kwargs: dict, progress, ticket: int, done: threading.Event) -> None:
     """What evaluate's compile stage does, ahead of it: static check, then the sandboxed build of
     every spec x arch. Failures are left for evaluate to meet again and report."""
     from avo import jit
@@ -105,15 +113,17 @@ def _compile(node_id: str, source: Path, kwargs: dict, progress) -> None:
     from avo.suites import load_suite
 
     try:
-        if not static_check(Path(source).read_text())[0]:
-            return  # evaluate turns it away before anything compiles
-    except OSError:
-        return
-    specs, archs = load_suite(kwargs["suite"]).specs, kwargs["archs"]
-    processes = min(len(specs) * len(archs), 8)  # what jit._build starts for a cold build
-    with _CORES.hold(processes), _stage(progress, node_id, "compile", None):
-        with contextlib.suppress(jit.CompileError):  # a build-wide failure (timeout, no sandbox)
-            jit.compile_many(source, specs, archs, run=False, timeout_s=kwargs.get("timeout_s", 900.0))
+        processes, specs, archs = 0, (), kwargs["archs"]
+        with contextlib.suppress(Exception):  # unreadable, refused or no suite: evaluate says so
+            if static_check(Path(source).read_text())[0]:
+                specs = load_suite(kwargs["suite"]).specs
+                processes = min(len(specs) * len(archs), 8)  # what jit._build starts for a cold build
+        with _CORES.hold(ticket, processes):
+            if processes:
+                with _stage(progress, node_id, "compile", None), contextlib.suppress(jit.CompileError):
+                    jit.compile_many(source, specs, archs, run=False, timeout_s=kwargs.get("timeout_s", 900.0))
+    finally:
+        done.set()
 
 
 @contextlib.contextmanager
