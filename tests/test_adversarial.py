@@ -63,8 +63,17 @@ def world(tmp_path_factory):
         os.environ["OPENAI_API_KEY"] = saved
 
 
+_AFTER_IMPORTS = "from cutlass import Float32, Int32\n"
+
+
 def _candidate(world, name: str) -> Path:
-    text = (ADVERSARIAL / f"{name}.py").read_text()
+    """The rendered naive kernel with the cheat of tests/adversarial/<name>.py spliced in after its
+    imports, so the candidate is a complete kernel module that would work if its cheat did."""
+    naive = avo.jit.render("naive_attention").read_text()
+    if naive.count(_AFTER_IMPORTS) != 1:
+        raise AssertionError("adversarial candidates: the naive template's import block changed")
+    cheat = (ADVERSARIAL / f"{name}.py").read_text()
+    text = naive.replace(_AFTER_IMPORTS, _AFTER_IMPORTS + "\n" + cheat + "\n")
     text = text.replace('"/tmp/avo-adversarial-escape"', repr(str(world["outside"])))
     text = text.replace("PORT = 47613", f"PORT = {world['port']}")
     directory = world["root"] / name
