@@ -9,7 +9,7 @@ corrupted CUDA context). Whatever happens, the caller's process and CUDA context
 The result (and progress: `progress(stage=...)` from the running function) comes back on a pipe
 the parent created and the child inherited: there is no result file anyone else could write, and
 a verdict that did not arrive on it does not exist. The child's environment is scrubbed of
-secrets (API keys, tokens) and of avo's own settings.
+secrets (API keys, tokens).
 
 `python -m avo.worker TASK.json FD` is the child side.
 """
@@ -112,15 +112,16 @@ def run_isolated(function: str, args: dict | None = None, timeout_s: float = 600
                             returncode=returncode, stderr_tail=tail, extra=extra)
 
 
-# Never handed to a worker: anything that looks like a credential, and avo's own settings (paths a
-# candidate could point elsewhere).
+# Never handed to a worker: anything that looks like a credential. (avo's own settings, such as
+# AVO_CACHE_DIR, stay: a worker runs compiled artifacts and the harness, never a candidate's Python,
+# which gets its own allow-listed environment in the compile sandbox.)
 _SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION)", re.IGNORECASE)
 
 
 def worker_environment(env: dict | None = None) -> dict:
-    """The caller's environment (or `env`) without secrets and AVO_* settings, the repo on PYTHONPATH."""
+    """The caller's environment (or `env`) without secrets, the repo on PYTHONPATH."""
     base = dict(os.environ if env is None else env)
-    clean = {k: v for k, v in base.items() if not _SECRET.search(k) and not k.startswith("AVO_")}
+    clean = {k: v for k, v in base.items() if not _SECRET.search(k)}
     clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base.get("PYTHONPATH")]))
     return clean
 

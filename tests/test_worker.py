@@ -115,3 +115,17 @@ def test_a_worker_never_outlives_the_process_that_runs_it(how, tmp_path):
     parent.send_signal(how)
     assert parent.wait(timeout=30) == (130 if how == signal.SIGTERM else -signal.SIGKILL)
     assert _wait_for(lambda: not _alive(worker)), f"worker {worker} outlived its parent ({how.name})"
+
+
+def test_a_result_arrives_only_on_the_pipe():
+    forged = run_isolated("tests.worker_tasks:forge_result", {}, timeout_s=60)
+    assert forged.status == "crashed" and forged.value is None  # files and stdout are not a channel
+
+
+def test_the_worker_gets_no_secrets(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("HF_TOKEN", "hf-test")
+    monkeypatch.setenv("AVO_CACHE_DIR", "/tmp/avo-cache-test")
+    env = run_isolated("tests.worker_tasks:environment", {}, timeout_s=60).value["env"]
+    assert "OPENAI_API_KEY" not in env and "HF_TOKEN" not in env
+    assert env["AVO_CACHE_DIR"] == "/tmp/avo-cache-test"  # avo's own settings stay: no candidate runs here
