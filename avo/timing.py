@@ -13,8 +13,10 @@ output in its buffer could skip its work: every buffer holds NaN when a sample s
 each block the inputs are regenerated in place (same pointers, new values), and in each block one
 round chosen at random has the candidate's last output checked against the fp32 reference (all of
 it for NaN, a random window of query rows for values) before anything overwrites it: a kernel that
-skips work or serves stale output while timed fails there. Each round reads NVML telemetry; rounds
-taken while the GPU throttled itself are flagged (avo.telemetry).
+skips work or serves stale output while timed fails there. After every sample the whole device is
+synchronized: a candidate whose work goes on after its timed calls returned (another stream, which
+the events miss) is caught by the wait, and cannot slow the next kernel's sample. Each round reads
+NVML telemetry; rounds taken while the GPU throttled itself are flagged (avo.telemetry).
 
 Baselines measured in the same rounds: FA4 (flash_attn.cute, extra `baselines`), cuDNN and FA2
 (torch SDPA with the CUDNN_ATTENTION and FLASH_ATTENTION backends).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -105,8 +108,10 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
             for r in range(step):
                 order = list(state.contenders)
                 rng.shuffle(order)
-                ms = {name: state.sample(name, flush) for name in order}
-                torch.cuda.synchronize()
+                ms = {}
+                for name in order:
+                    ms[name] = state.sample(name, flush)
+                    state.lagged[name] = state.lagged.get(name, 0) + _lags(ms[name][1])
                 reading = telemetry.read() if telemetry is not None else None
                 readings.append(reading)
                 for name in order:
@@ -118,6 +123,11 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
                     state.check_last(check, verify, rng)
                     result.checks += 1
         rounds += step
+    for state in states:  # work still running once the timed calls had returned: another stream
+        late = state.lagged.get(check, 0) if check else 0
+        if late > rounds // 2:
+            raise TimedOutputError(f"{state.config.name}: in {late} of {rounds} samples the GPU kept working after "
+                                   "the timed calls had returned: work on another stream, which the timer misses")
     result.telemetry = _summary(readings, telemetry)
     return result
 
@@ -132,6 +142,7 @@ class _ConfigState:
         self.scale = 1.0 / math.sqrt(config.head_dim)
         self.q, self.k, self.v = random_inputs(config, rng.randrange(1 << 30))
         self.contenders: dict[str, Callable] = {}
+        self.lagged: dict[str, int] = {}  # samples after which the device was still busy
         self.buffers: dict[str, list] = {}
         self.turn: dict[str, int] = {}
         for name, per_spec in kernels.items():
@@ -215,6 +226,18 @@ class _ConfigState:
             torch.cuda.synchronize()
             longest = max(longest, start.elapsed_time(end))
         return max(1, min(64, math.ceil(MIN_SAMPLE_MS / max(longest, 1e-3))))
+
+
+_LAG_S = 200e-6  # a device sync right after the end event takes ~10-30 us when nothing else runs
+
+
+def _lags(end) -> bool:
+    """Wait for the sample's end event, then for the whole device: if the device was still busy
+    well past the end event, the sample's work went on in another stream (not timed)."""
+    end.synchronize()
+    t0 = time.perf_counter()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0 > _LAG_S
 
 
 def _summary(readings: list, telemetry) -> dict:

@@ -85,3 +85,20 @@ def test_an_honest_pair_gives_paired_samples_and_checked_outputs():
     pairs = m.pairs()[config.name]
     assert len(pairs) == 8 and all(a > 0 and b > 0 for a, b in pairs)
     assert m.checks == 1 and m.launches[config.name] >= 1
+
+
+@pytest.mark.gpu
+def test_a_kernel_that_works_on_another_stream_while_timed_is_caught():
+    import torch
+
+    config, fn = _honest_kernel()
+    side = torch.cuda.Stream()
+
+    def elsewhere(q, k, v, o, lse, scale):
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # the events on the current stream see none of this
+            for _ in range(20):
+                fn(q, k, v, o, lse, scale)
+
+    with pytest.raises(timing.TimedOutputError, match="another stream"):
+        timing.measure([config], {"candidate": {config.spec: elsewhere}, "incumbent": {config.spec: fn}}, seed=5)
