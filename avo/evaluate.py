@@ -182,6 +182,11 @@ def evaluate(source: str | Path, suite: str = "quick", archs: tuple[str, ...] = 
     except (TypeError, ValueError) as exc:
         return done(Verdict("crashed", "benchmark", f"harness error: malformed verdict from the judge: {exc}",
                             compile_reports=reports, timing=timing))
+    # the judge measures; only this process decides: a "committed" coming back is not a verdict
+    allowed = {"measured", "failed_correctness", "crashed"} | ({"screened"} if stop_after == "correctness" else set())
+    if verdict.status not in allowed or (verdict.status == "measured" and bool(inc_entries) != bool(verdict.estimate)):
+        return done(Verdict("crashed", "benchmark", f"harness error: the judge answered {verdict.status!r} "
+                                                    "without what that needs", compile_reports=reports, timing=timing))
     if verdict.status != "measured":
         return done(verdict)
     _decide(verdict)

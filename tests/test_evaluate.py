@@ -101,3 +101,38 @@ def test_static_failure_never_starts_a_worker(tmp_path):
     verdict = evaluate(path, suite="tiny", compile_only=True)
     assert verdict.status == "failed_compile" and verdict.stage == "static"
     assert "import of 'torch'" in verdict.diagnosis
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, tmp_path):
+    """evaluate() past the compile stage on a CPU: an sm_90a 'GPU', compiles that succeed, and a
+    judge whose answer the test chooses."""
+    from types import SimpleNamespace
+
+    from avo import evaluate as evaluate_module
+    from avo.worker import WorkerResult
+
+    monkeypatch.setattr(jit, "current_arch", lambda: "sm_90a")
+    monkeypatch.setattr(jit, "compile_many", lambda source, specs, archs, **kw: {
+        (spec, arch): SimpleNamespace(report={"registers": 168}, artifact_dir=tmp_path / spec.key())
+        for arch in archs for spec in specs})
+    answer = {}
+    monkeypatch.setattr(evaluate_module, "run_isolated", lambda *a, **kw: WorkerResult("ok", value=dict(answer)))
+    return answer
+
+
+@pytest.mark.parametrize("answer, incumbent, status", [
+    ({"status": "committed", "stage": "done", "scores": {"a": 900.0}}, True, "crashed"),  # the judge cannot commit
+    ({"status": "screened", "stage": "correctness"}, True, "crashed"),  # nor skip the timing unasked
+    ({"status": "measured", "stage": "benchmark", "scores": {"a": 900.0}}, True, "crashed"),  # an incumbent, no ratio
+    ({"status": "measured", "stage": "benchmark", "scores": {"a": 500.0}, "incumbent_scores": {"a": 490.0},
+      "estimate": {"ratio": 1.02, "ratio_ci": [1.01, 1.03], "pairs": 16, "excluded": 0}}, True, "committed"),
+    ({"status": "measured", "stage": "benchmark", "scores": {"a": 500.0}}, False, "committed"),
+])
+def test_only_the_parent_decides_a_commit(fake_gpu, answer, incumbent, status):
+    fake_gpu.update(answer)
+    seed = jit.render("naive_attention")
+    verdict = evaluate(seed, suite="tiny", incumbent=seed if incumbent else None, sanitize=False)
+    assert verdict.status == status, verdict.diagnosis
+    if status == "crashed":
+        assert "harness error: the judge answered" in verdict.diagnosis
