@@ -90,7 +90,9 @@ def environment(home: Path, extra: dict | None = None) -> dict:
     return env
 
 
-def limits(address_space_gib: float = 24.0, cpu_seconds: int = 3600, file_gib: float = 2.0):
+# A d128 seed compile runs within 8 GiB of address space (checked 2026-11-22); twice that leaves room
+# for larger kernels and keeps a runaway candidate from taking a 24 GiB machine with it.
+def limits(address_space_gib: float = 16.0, cpu_seconds: int = 3600, file_gib: float = 2.0):
     """A preexec_fn: address-space, CPU-time and file-size limits, and death with the parent (even by SIGKILL:
     PR_SET_PDEATHSIG survives exec, and `unshare --kill-child` passes it on)."""
     def apply():

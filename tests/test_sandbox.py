@@ -190,3 +190,15 @@ def test_a_planted_symlink_is_not_followed(tmp_path, monkeypatch):
     path.write_text(text)
     with pytest.raises(jit.CompileError, match="left no result"):
         jit.compile_kernel(path, AttentionSpec(head_dim=64), arch="sm_90a", run=False)
+
+
+@needs_sandbox
+def test_a_candidate_that_eats_memory_is_stopped_by_its_limit(tmp_path):
+    proc = _run_inside(tmp_path, """
+        try:
+            hog = bytearray(32 << 30)  # 32 GiB: over the address-space limit
+            print("ALLOCATED")
+        except MemoryError:
+            print("refused")
+    """)
+    assert "ALLOCATED" not in proc.stdout and "refused" in proc.stdout
