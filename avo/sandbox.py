@@ -53,7 +53,7 @@ def available() -> tuple[bool, str]:
         return False, "util-linux `unshare` not found (Linux only)"
     probe = Path(os.environ.get("TMPDIR", "/tmp"))
     try:
-        proc = subprocess.run(command([sys.executable, "-c", "print('ok')"], writable=[probe], env_check=False),
+        proc = subprocess.run(command([sys.executable, "-c", "print('ok')"], writable=[probe]),
                               capture_output=True, text=True, timeout=30, env=environment(probe))
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"unshare failed to start: {exc}"
@@ -68,7 +68,7 @@ def required() -> bool:
     return os.environ.get("AVO_SANDBOX", "on").strip().lower() not in ("off", "0", "no", "false")
 
 
-def command(argv: list[str], writable: list[Path], gpu: bool = False, env_check: bool = True) -> list[str]:
+def command(argv: list[str], writable: list[Path], gpu: bool = False) -> list[str]:
     """The command line that runs `argv` inside the sandbox, with `writable` the only writable
     paths. gpu=True keeps the GPU device nodes (for a judge that runs compiled kernels)."""
     setup = [sys.executable, "-m", "avo.sandbox"]
@@ -76,8 +76,6 @@ def command(argv: list[str], writable: list[Path], gpu: bool = False, env_check:
         setup += ["--rw", str(Path(path).resolve())]
     if gpu:
         setup.append("--gpu")
-    if not env_check:
-        setup.append("--no-check")
     return ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork", "--kill-child",
             "--mount-proc", "--propagation", "private", "--", *setup, "--", *argv]
 
@@ -126,7 +124,7 @@ def _mount(*args: str) -> None:
         raise SandboxUnavailable(f"mount {' '.join(args)}: {proc.stderr.strip()[:200]}")
 
 
-def _setup(writable: list[str], gpu: bool, check: bool) -> None:
+def _setup(writable: list[str], gpu: bool) -> None:
     for path in writable:
         _mount("--bind", path, path)  # its own mount, so it stays writable below
     if not gpu:
@@ -142,10 +140,10 @@ def _setup(writable: list[str], gpu: bool, check: bool) -> None:
         except SandboxUnavailable:
             if point == "/":
                 raise
-    if check:  # refuse to run if anything we meant to close is still writable
-        for path in ("/", "/tmp", "/dev/shm", "/var/tmp", os.getcwd(), str(Path(__file__).resolve().parent)):
-            if Path(path).exists() and not any(path.startswith(w) for w in writable) and os.access(path, os.W_OK):
-                raise SandboxUnavailable(f"{path} is still writable inside the sandbox")
+    # refuse to run if anything meant to be closed is still writable
+    for path in ("/", "/tmp", "/dev/shm", "/var/tmp", os.getcwd(), str(Path(__file__).resolve().parent)):
+        if Path(path).exists() and not any(path.startswith(w) for w in writable) and os.access(path, os.W_OK):
+            raise SandboxUnavailable(f"{path} is still writable inside the sandbox")
 
 
 def _main(argv: list[str]) -> int:
@@ -153,7 +151,7 @@ def _main(argv: list[str]) -> int:
     opts, target = argv[:split], argv[split + 1:]
     writable = [opts[i + 1] for i, o in enumerate(opts) if o == "--rw"]
     try:
-        _setup(writable, gpu="--gpu" in opts, check="--no-check" not in opts)
+        _setup(writable, gpu="--gpu" in opts)
     except SandboxUnavailable as exc:
         print(f"avo.sandbox: {exc}", file=sys.stderr)
         return 97
