@@ -149,7 +149,15 @@ class RayBackend:
         if not ray.is_initialized():
             # None: a Ray instance of this host's own; options for a new head are refused on a connect
             extra = {"include_dashboard": False} if address is None else {}
-            ray.init(address=address, logging_level="WARNING", **extra)
+            try:
+                ray.init(address=address, logging_level="WARNING", **extra)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                from avo.config import ConfigError
+
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise ConfigError(f"evaluation.ray_address {address!r}: no Ray cluster there ({first}); start one "
+                                  "with `ray start --head`, or leave ray_address unset for one of this host's own") \
+                    from None
         self._ray = ray
         self._task = ray.remote(max_retries=0)(_on_node)  # a lost task is requeued here, where it is logged
         self._board = None  # where running tasks say which GPU took them (ray.util.queue: an actor)

@@ -156,6 +156,20 @@ def test_the_progress_view_shows_each_gpus_candidate_and_stage(tmp_path):
     assert line.endswith("gpu1  v0003 judge done in 1.5 s")
 
 
+def test_no_ray_cluster_at_the_address_is_a_one_line_error(tmp_path, capsys):
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized() or Path("/tmp/ray/ray_current_cluster").exists():
+        pytest.skip("a Ray cluster is up on this host: `auto` would find it")
+    env = {k: os.environ.pop(k) for k in ("RAY_ADDRESS",) if k in os.environ}
+    try:  # "auto" with no `ray start` on this host: Ray answers at once
+        assert main(_args(tmp_path, "--set", "evaluation.backend=ray", "--set", "evaluation.ray_address=auto")) == 2
+    finally:
+        os.environ.update(env)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("avo.evolve: evaluation.ray_address 'auto': no Ray cluster there (")
+    assert err[-1].endswith("or leave ray_address unset for one of this host's own")
+
+
 # -- a local Ray cluster ------------------------------------------------------------------------
 
 
