@@ -102,7 +102,8 @@ def evaluate_local(evaluate_fn, jobs: list[tuple[str, Path]], kwargs: dict, gpus
         with _GPU_HELD[gpu], _stage(progress, node_id, stage, gpu):
             return evaluate_fn(source, gpu=gpu, **kwargs)
 
-    return map_per_gpu(task, jobs, gpus)
+    # free GPUs first: a one-candidate call (a step of one of several agents) takes an idle GPU, not gpus[0]
+    return map_per_gpu(task, jobs, sorted(gpus, key=lambda gpu: _GPU_HELD[gpu].locked()))
 
 
 def _compile(node_id: str, source: Path, kwargs: dict, progress, ticket: int, done: threading.Event) -> None:
@@ -238,7 +239,7 @@ def _on_node(evaluate_fn, node_id: str, text: str, incumbent_text: str | None, k
     import ray
 
     ids = ray.get_gpu_ids()
-    gpu = int(ids[0]) if ids else None
+    gpu = ids[0] if ids else None
     host = ray.util.get_node_ip_address()
     stage = "compile" if kwargs.get("compile_only") else "evaluate"
     start = time.time()

@@ -96,6 +96,20 @@ def test_concurrent_batches_wait_for_a_busy_gpu(tmp_path):
         thread.join()
     intervals = read_intervals(tmp_path / "events.jsonl")
     assert len(intervals) == 3 and gpu_overlaps(intervals) == []
+    # with two GPUs, a one-candidate call takes the idle one while the other is held
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(source, gpu=None, **_):
+        holding.set()
+        release.wait(10)
+        return gpu
+
+    busy = threading.Thread(target=evaluate_local, args=(hold, [("v3", "s3")], {}, [0, 1], progress))
+    busy.start()
+    assert holding.wait(10)
+    assert evaluate_local(lambda source, gpu=None, **_: gpu, [("v4", "s4")], {}, [0, 1], progress) == [1]
+    release.set()
+    busy.join()
 
 
 @pytest.mark.slow
