@@ -57,6 +57,7 @@ class Verdict:
     vs_baselines: dict = field(default_factory=dict)  # name -> {"ratio", "ratio_ci"}: candidate speed / baseline's
     measurement: dict = field(default_factory=dict)  # rounds, launches, checks, throttled rounds, telemetry
     sanitizer: dict = field(default_factory=dict)  # tool -> "clean" | what it found; seconds
+    random_shapes: list = field(default_factory=list)  # correctness shapes drawn for this evaluation
     baselines: dict = field(default_factory=dict)  # name -> config -> TFLOPS, same run
     compile_reports: dict = field(default_factory=dict)  # arch -> spec key -> report
     correctness: dict = field(default_factory=dict)
@@ -77,7 +78,8 @@ class Verdict:
                           stage=self.stage, compile_only=self.compile_only, incumbent_scores=self.incumbent_scores,
                           compile_reports=self.compile_reports, pairs=self.estimate.get("pairs"),
                           excluded=self.estimate.get("excluded"), vs_baselines=self.vs_baselines,
-                          measurement=self.measurement, sanitizer=self.sanitizer)
+                          measurement=self.measurement, sanitizer=self.sanitizer,
+                          random_shapes=self.random_shapes)
 
     @classmethod
     def from_dict(cls, data: dict) -> Verdict:

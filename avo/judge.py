@@ -11,6 +11,7 @@ linked by avo.jit, loaded through tvm_ffi). Its verdict goes back on the worker'
 from __future__ import annotations
 
 import math
+import random
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def judge(entries: dict, incumbent: dict | None, suite: str, seeds: int, baselin
     fields of the GPU stages (avo.evaluate.Verdict)."""
 
     from avo import stats, timing, verify
-    from avo.suites import load_suite
+    from avo.suites import load_suite, random_configs
     from avo.telemetry import Telemetry
     from avo.worker import progress
 
@@ -36,8 +37,11 @@ def judge(entries: dict, incumbent: dict | None, suite: str, seeds: int, baselin
 
     progress(stage="correctness")
     t0 = time.monotonic()
+    drawn = random_configs(suite_obj.specs, random.SystemRandom())  # shapes no suite names
+    verdict["random_shapes"] = [c.name for c in drawn]
     try:
-        result = _check_all(verify, kernels["candidate"], list(suite_obj.correctness) + list(suite_obj.timed), seeds)
+        configs = list(suite_obj.correctness) + drawn + list(suite_obj.timed)
+        result = _check_all(verify, kernels["candidate"], configs, seeds)
     except RuntimeError as exc:
         return _cuda_error(verdict, "correctness", exc, zero)
     verdict["timing"]["correctness"] = round(time.monotonic() - t0, 2)
@@ -119,10 +123,13 @@ def sanitize(entries: dict, suite: str) -> dict:
     suite_obj = load_suite(suite)
     kernels = _load(entries, suite_obj)
     calls = 0
+    rng = random.SystemRandom()
     for spec, fn in kernels.items():
         group = spec.qhead_per_kvhead
-        # ragged on purpose: a partial tile in both directions, seqlen_q != seqlen_k, two batches
-        config = ShapeConfig("sanitize", 2, 200, 333, 2 * group, 2, spec.head_dim, spec.causal, spec.dtype)
+        # ragged on purpose (a partial tile in both directions, seqlen_q != seqlen_k, two batches), and
+        # drawn afresh, so that no kernel can recognise the sanitizer's shape
+        seqlen_q, seqlen_k = rng.randint(129, 320), rng.randint(129, 400)
+        config = ShapeConfig("sanitize", 2, seqlen_q, seqlen_k, 2 * group, 2, spec.head_dim, spec.causal, spec.dtype)
         q, k, v = random_inputs(config, 1234)
         o = torch.empty_like(q)
         lse = torch.empty(config.batch, config.heads_q, config.seqlen_q, device="cuda")

@@ -14,7 +14,7 @@ import yaml
 from avo.reference import attention_flops
 from avo.spec import AttentionSpec
 
-__all__ = ["SUITES_DIR", "ShapeConfig", "Suite", "SuiteError", "load_suite", "suite_names"]
+__all__ = ["SUITES_DIR", "ShapeConfig", "Suite", "SuiteError", "load_suite", "random_configs", "suite_names"]
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "configs" / "suites"
 _KEYS = {"name", "dtype", "head_dim", "tokens", "seqlens", "causal", "heads", "correctness", "include"}
@@ -113,6 +113,24 @@ def _expand(name: str, data: dict) -> Suite:
     for config in timed + extra:
         _ = config.spec  # AttentionSpec validates dtype and head_dim
     return Suite(name, tuple(timed), tuple(extra))
+
+
+def random_configs(specs, rng, max_len: int = 1536) -> list[ShapeConfig]:
+    """Two ragged correctness shapes per spec, drawn fresh for each evaluation: batch 2-3, one with
+    seqlen_q < seqlen_k and one with seqlen_q > seqlen_k, lengths anywhere up to max_len, 1 or 2 KV
+    heads. A kernel tuned to pass the suite's fixed shapes meets shapes nobody chose."""
+    out = []
+    for spec in specs:
+        for longer_keys in (True, False):
+            short, long = sorted(rng.sample(range(1, max_len + 1), 2))
+            seqlen_q, seqlen_k = (short, long) if longer_keys else (long, short)
+            batch, heads_kv = rng.randint(2, 3), rng.randint(1, 2)
+            heads_q = heads_kv * spec.qhead_per_kvhead
+            name = (f"random_b{batch}_q{seqlen_q}_k{seqlen_k}_h{heads_q}x{heads_kv}_"
+                    f"{'causal' if spec.causal else 'full'}")
+            out.append(ShapeConfig(name, batch, seqlen_q, seqlen_k, heads_q, heads_kv, spec.head_dim, spec.causal,
+                                   spec.dtype))
+    return out
 
 
 def _short(n: int) -> str:

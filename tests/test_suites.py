@@ -51,3 +51,19 @@ def test_every_gating_suite_checks_ragged_batches_both_ways_for_each_head_layout
         mine = [c for c in checks if (c.heads_q // c.heads_kv, c.causal) == layout and c.batch > 1]
         assert any(c.seqlen_q < c.seqlen_k for c in mine), (name, layout)
         assert any(c.seqlen_q > c.seqlen_k for c in mine), (name, layout)
+
+
+def test_random_configs_are_ragged_both_ways_for_every_spec():
+    import random
+
+    from avo.suites import random_configs
+
+    specs = load_suite("paper").specs
+    drawn = random_configs(specs, random.Random(7))
+    assert len(drawn) == 2 * len(specs)
+    for spec in specs:
+        mine = [c for c in drawn if c.spec == spec]  # the GQA ratio, causal flag, dtype and head_dim kept
+        assert len(mine) == 2 and all(c.batch > 1 for c in mine)
+        assert any(c.seqlen_q < c.seqlen_k for c in mine) and any(c.seqlen_q > c.seqlen_k for c in mine)
+        assert all(1 <= min(c.seqlen_q, c.seqlen_k) and max(c.seqlen_q, c.seqlen_k) <= 1536 for c in mine)
+    assert [c.name for c in drawn] != [c.name for c in random_configs(specs, random.Random(8))]
