@@ -161,34 +161,19 @@ def _bench_task(source, suite, baselines, rounds, compare=None) -> dict:
         contenders["incumbent"] = {s: k.fn for s, k in compiled(compare).items()}
     m = timing.measure(list(suite_obj.timed), contenders, tuple(baselines), min_rounds=rounds, block=rounds,
                        telemetry=Telemetry())
-    tflops = {name: {} for name in ("candidate", "incumbent", *baselines)}
-    for config in suite_obj.timed:
-        for name in m.times[config.name]:
-            tflops[name][config.name] = config.flops / (m.median_ms(config.name, name) * 1e-3) / 1e12
-    peak = timing.peak_tflops()
-    over = [c for c, t in tflops["candidate"].items() if t > peak]
+    tflops = m.tflops(list(suite_obj.timed))
+    over = timing.above_peak(tflops["candidate"])
     if over:
-        raise RuntimeError(f"{over[0]}: above the chip's dense BF16 peak {peak:.0f} TFLOPS: a timing bug")
+        raise RuntimeError(over)
     configs = [c.name for c in suite_obj.timed]
-    geo = {"avo": geomean(tflops["candidate"].values())}
-    for name in baselines:
-        if len(tflops[name]) == len(configs):
-            geo[name] = geomean(tflops[name].values())
-    versus = {}
-    for name in baselines:
-        if len(tflops[name]) == len(configs):
-            vs = stats.relative_ratio({c: t[name] for c, t in m.times.items()},
-                                      {c: t["candidate"] for c, t in m.times.items()}, flags=m.flags)
-            versus[name] = {"ratio": vs.ratio, "ratio_ci": [vs.lo, vs.hi]}
+    complete = [b for b in baselines if len(tflops.get(b, {})) == len(configs)]
+    geo = {"avo": geomean(tflops["candidate"].values()), **{b: geomean(tflops[b].values()) for b in complete}}
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "cutlass_dsl": cutlass.__version__,
-              "suite": suite, "scores": tflops["candidate"], "baselines": {b: tflops[b] for b in baselines},
-              "geomean": geo, "vs_baselines": versus, "correctness_checks": checked,
+              "suite": suite, "scores": tflops["candidate"], "baselines": {b: tflops.get(b, {}) for b in baselines},
+              "geomean": geo, "vs_baselines": m.versus(baselines), "correctness_checks": checked,
               "compile_seconds": compile_seconds, "configs": {c.name: c.as_dict() for c in suite_obj.timed},
-              "measurement": {"rounds": rounds, "launches": m.launches, "checks": m.checks,
-                              "excluded_rounds": sum(sum(f) for f in m.flags.values()),
-                              "power_capped_rounds": m.power_capped, "telemetry": m.telemetry,
-                              "missing_baselines": m.missing},
+              "measurement": m.summary(),
               "times_ms": m.times, "compare": None}
     if compare:
         est = stats.paired_ratio(m.pairs(), flags=m.flags)

@@ -78,37 +78,15 @@ def judge(entries: dict, incumbent: dict | None, suite: str, seeds: int, baselin
         return _cuda_error(verdict, "benchmark", exc, zero)
     verdict["timing"]["benchmark"] = round(time.monotonic() - t0, 2)
 
-    tflops = {name: {} for name in ("candidate", "incumbent", *baselines)}
-    for config in suite_obj.timed:
-        for name in m.times[config.name]:
-            tflops[name][config.name] = config.flops / (m.median_ms(config.name, name) * 1e-3) / 1e12
-    peak = timing.peak_tflops()
-    over = [(c, t) for c, t in tflops["candidate"].items() if t > peak]
+    tflops = m.tflops(list(suite_obj.timed))
+    over = timing.above_peak(tflops["candidate"])
     if over:
-        config, value = over[0]
-        return {**verdict, "status": "failed_correctness", "stage": "benchmark", "scores": zero,
-                "diagnosis": f"{config}: {value:.0f} TFLOPS is above the chip's dense BF16 peak {peak:.0f}: "
-                             "a timing bug or skipped work"}
+        return {**verdict, "status": "failed_correctness", "stage": "benchmark", "scores": zero, "diagnosis": over}
     measured = {"scores": tflops["candidate"], "incumbent_scores": tflops.get("incumbent", {}),
-                "baselines": {b: tflops[b] for b in baselines if tflops.get(b)},
-                "measurement": {"rounds": {c: len(f) for c, f in m.flags.items()}, "launches": m.launches,
-                                "checks": m.checks, "excluded_rounds": sum(sum(f) for f in m.flags.values()),
-                                "power_capped_rounds": m.power_capped, "telemetry": m.telemetry,
-                                "missing_baselines": m.missing}}
+                "baselines": {b: tflops[b] for b in baselines if b in tflops}, "measurement": m.summary()}
     if "incumbent" in kernels:
-        estimate = stats.paired_ratio(m.pairs(), flags=m.flags)
-        measured["estimate"] = {k: v for k, v in estimate.as_dict().items()}
-    versus = {}
-    for name in baselines:
-        if name in m.missing:
-            continue
-        try:
-            vs = stats.relative_ratio({c: t[name] for c, t in m.times.items()},
-                                      {c: t["candidate"] for c, t in m.times.items()}, flags=m.flags)
-        except ValueError:
-            continue
-        versus[name] = {"ratio": vs.ratio, "ratio_ci": [vs.lo, vs.hi]}
-    measured["vs_baselines"] = versus
+        measured["estimate"] = stats.paired_ratio(m.pairs(), flags=m.flags).as_dict()
+    measured["vs_baselines"] = m.versus(baselines)
     return {**verdict, **measured, "status": "measured", "stage": "benchmark"}
 
 
@@ -152,15 +130,15 @@ def _load(entries: dict, suite_obj) -> dict:
 
 
 def _check_all(verify, kernels, configs, seeds) -> dict:
-    checked = 0
-    worst = ""
+    records = []
     for config in configs:
         result = verify.check(kernels[config.spec], [config], seeds=seeds)
-        checked += len(result["shapes"])
+        records += result["shapes"]
         if not result["ok"]:
-            return {"ok": False, "diagnosis": result["diagnosis"], "checked": checked}
-        worst = result["diagnosis"]
-    return {"ok": True, "diagnosis": f"{checked} checks passed ({worst})", "checked": checked}
+            return {"ok": False, "diagnosis": result["diagnosis"], "checked": len(records)}
+    worst = max(records, key=lambda r: r["err"] / max(r["bound"], 1e-12))
+    return {"ok": True, "checked": len(records), "diagnosis": f"{len(records)} checks passed (worst {worst['name']}: "
+                                                              f"err {worst['err']:.2e} <= bound {worst['bound']:.2e})"}
 
 
 def _cuda_error(verdict: dict, stage: str, exc: RuntimeError, zero: dict) -> dict:

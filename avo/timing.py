@@ -35,7 +35,7 @@ import torch
 from avo.suites import ShapeConfig
 
 __all__ = ["BASELINES", "DENSE_BF16_PEAK_TFLOPS", "MIN_SAMPLE_MS", "Measurement", "TimedOutputError",
-           "baseline_fn", "measure", "peak_tflops"]
+           "above_peak", "baseline_fn", "measure", "peak_tflops"]
 
 BASELINES = ("fa4", "cudnn", "fa2")
 MIN_SAMPLE_MS = 1.0  # a sample of a short config repeats the launch until it lasts this long
@@ -61,6 +61,17 @@ def peak_tflops(device_name: str | None = None) -> float:
     return 2250.0  # unknown chip: the largest known peak, so nothing honest is rejected
 
 
+def above_peak(scores: dict, peak: float | None = None) -> str:
+    """A diagnosis when any config's TFLOPS beats the chip's dense peak (this GPU's unless given:
+    a timing bug or skipped work, never a win), else ""."""
+    peak = peak if peak is not None else peak_tflops()
+    over = [(c, t) for c, t in scores.items() if t > peak]
+    if not over:
+        return ""
+    config, value = over[0]
+    return f"{config}: {value:.0f} TFLOPS is above the chip's dense BF16 peak {peak:.0f}: a timing bug or skipped work"
+
+
 @dataclass
 class Measurement:
     """Per config: per-launch milliseconds of each contender by round, and the round flags."""
@@ -75,6 +86,33 @@ class Measurement:
     def pairs(self, a: str = "incumbent", b: str = "candidate") -> dict:
         """{config: [(t_a, t_b), ...]} for avo.stats.paired_ratio."""
         return {c: list(zip(t[a], t[b], strict=True)) for c, t in self.times.items() if a in t and b in t}
+
+    def tflops(self, configs: list[ShapeConfig]) -> dict:
+        """{name: {config: TFLOPS}} from each contender's median time per config."""
+        out: dict = {}
+        for config in configs:
+            for name in self.times[config.name]:
+                out.setdefault(name, {})[config.name] = config.flops / (self.median_ms(config.name, name) * 1e-3) / 1e12
+        return out
+
+    def versus(self, others, name: str = "candidate") -> dict:
+        """{other: {"ratio", "ratio_ci"}}: `name`'s speed over each other contender's, paired round by
+        round, for those measured on every config."""
+        from avo import stats
+
+        out = {}
+        for other in others:
+            if all(other in t for t in self.times.values()):
+                est = stats.relative_ratio({c: t[other] for c, t in self.times.items()},
+                                           {c: t[name] for c, t in self.times.items()}, flags=self.flags)
+                out[other] = {"ratio": est.ratio, "ratio_ci": [est.lo, est.hi]}
+        return out
+
+    def summary(self) -> dict:
+        return {"rounds": {c: len(f) for c, f in self.flags.items()}, "launches": self.launches,
+                "checks": self.checks, "excluded_rounds": sum(sum(f) for f in self.flags.values()),
+                "power_capped_rounds": self.power_capped, "telemetry": self.telemetry,
+                "missing_baselines": self.missing}
 
     def median_ms(self, config: str, name: str) -> float:
         keep = [t for t, bad in zip(self.times[config][name], self.flags[config], strict=True) if not bad]

@@ -17,6 +17,23 @@ def test_measurement_pairs_and_medians_skip_flagged_rounds():
     assert m.median_ms("a", "candidate") == pytest.approx(1.05)
 
 
+def test_measurement_tflops_versus_and_the_peak_ceiling():
+    config = load_suite("tiny").timed[0]
+    m = timing.Measurement(times={config.name: {"candidate": [1.0, 1.0, 1.0], "fa4": [2.0, 2.0, 2.0],
+                                                "cudnn": [3.0, 3.0, 3.0]}},
+                           flags={config.name: [False, False, False]})
+    m.times["other"] = {"candidate": [1.0], "fa4": [1.0]}  # cudnn missed this config: no ratio against it
+    m.flags["other"] = [False]
+    assert m.tflops([config])["fa4"][config.name] == pytest.approx(config.flops / 2e-3 / 1e12)
+    versus = timing.Measurement(times={config.name: m.times[config.name]}, flags={config.name: [False] * 3}).versus(
+        ["fa4", "cudnn"])
+    assert versus["fa4"]["ratio"] == pytest.approx(2.0) and versus["cudnn"]["ratio"] == pytest.approx(3.0)
+    assert "cudnn" not in m.versus(["cudnn"])
+    assert timing.above_peak({"a": 500.0, "b": 980.0}, peak=989.4) == ""
+    assert timing.above_peak({"a": 500.0, "b": 1200.0}, peak=989.4) == (
+        "b: 1200 TFLOPS is above the chip's dense BF16 peak 989: a timing bug or skipped work")
+
+
 def test_telemetry_flags_only_the_throttling_the_chip_does_to_itself():
     assert Telemetry.throttled({"reasons": 0x40}) and Telemetry.throttled({"reasons": 0x8})
     assert not Telemetry.throttled({"reasons": 0x4})  # the software power cap: both kernels of a pair see it
