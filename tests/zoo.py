@@ -29,6 +29,13 @@ VARIANTS = {
         "smem=self.shared_storage_bytes(), stream=stream)",
         "smem=self.shared_storage_bytes())  # bug: launched on the default stream",
         "failed_correctness", "output error"),
+    "right_only_on_the_suite_shapes": (  # drops the last key unless seqlen_k is one the zoo suite names
+        "        last_key = seqlen_k - 1\n",
+        "        last_key = seqlen_k - 1\n"
+        "        if (seqlen_k != 512) & (seqlen_k != 300) & (seqlen_k != 255) & (seqlen_k != 700) & \\\n"
+        "                (seqlen_k != 4097) & (seqlen_k != 100) & (seqlen_k != 333):\n"
+        "            last_key = seqlen_k - 2  # cheat: correct where the judge is known to look\n",
+        "failed_correctness", "random_"),
     "fp16_accumulation": (
         "                        acc[d] = acc[d] * correction + p * sV[j, d]\n",
         "                        acc[d] = (acc[d] * correction + p * sV[j, d]).to(cutlass.Float16).to(Float32)\n",
