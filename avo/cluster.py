@@ -16,6 +16,10 @@ writer of the lineage.
   and is queued again, LOST_RETRIES times at most; the pending node stays pending meanwhile, and
   nothing committed is touched: only the driver writes the lineage.
 
+Agent steps side by side (avo.evolve, one per GPU of `evaluation.gpus`) each keep to one GPU:
+their test, benchmark, profile and submit runs go through evaluate_local or hold_gpu with that
+GPU, so they are in the same log and never share a GPU with another step's.
+
 The per-GPU log is in the run's events: `stage` when a candidate starts a stage (id, stage, gpu,
 host), `stage_done` with its start and end (wall clock of the host that ran it). `gpu_overlaps`
 reads it back: two candidates on one GPU at once would be listed there.
@@ -37,7 +41,7 @@ from pathlib import Path
 from avo.evaluate import Verdict
 from avo.worker import map_per_gpu
 
-__all__ = ["LOST_RETRIES", "RayBackend", "evaluate_local", "gpu_overlaps", "read_intervals"]
+__all__ = ["LOST_RETRIES", "RayBackend", "evaluate_local", "gpu_overlaps", "hold_gpu", "read_intervals"]
 
 LOST_RETRIES = 2  # a candidate lost with its worker or node is queued again this many times at most
 
@@ -83,11 +87,13 @@ _GPU_HELD: collections.defaultdict = collections.defaultdict(threading.Lock)
 
 
 def evaluate_local(evaluate_fn, jobs: list[tuple[str, Path]], kwargs: dict, gpus, progress,
-                   compile_first: bool = False) -> list[Verdict]:
+                   compile_first: bool = False, stage: str | None = None) -> list[Verdict]:
     """`evaluate_fn(source, gpu=..., **kwargs)` for each (node id, source) of `jobs`, one per GPU at a
     time (map_per_gpu); verdicts in job order. compile_first: build every job's kernels on the CPU
-    first (into the disk cache evaluate reads), so that its GPU waits only for the judge."""
-    stage = "compile" if kwargs.get("compile_only") else "judge"
+    first (into the disk cache evaluate reads), so that its GPU waits only for the judge. stage:
+    its name in the per-GPU log (default judge, or compile for compile-only; an agent's tools say
+    test or benchmark)."""
+    stage = stage or ("compile" if kwargs.get("compile_only") else "judge")
     built = {}
     if compile_first and stage == "judge":
         for node_id, source in jobs:  # daemon threads: an interrupted run does not wait for them
@@ -99,11 +105,19 @@ def evaluate_local(evaluate_fn, jobs: list[tuple[str, Path]], kwargs: dict, gpus
         node_id, source = job
         if node_id in built:
             built[node_id].wait()
-        with _GPU_HELD[gpu], _stage(progress, node_id, stage, gpu):
+        with hold_gpu(gpu, progress, node_id, stage):
             return evaluate_fn(source, gpu=gpu, **kwargs)
 
     # free GPUs first: a one-candidate call (a step of one of several agents) takes an idle GPU, not gpus[0]
     return map_per_gpu(task, jobs, sorted(gpus, key=lambda gpu: _GPU_HELD[gpu].locked()))
+
+
+@contextlib.contextmanager
+def hold_gpu(gpu, progress, node_id: str, stage: str):
+    """Hold `gpu` for one stage of `node_id` (waiting while another candidate of this process holds
+    it), logged in the per-GPU log: every evaluate_local call, and an agent step's profile tool."""
+    with _GPU_HELD[gpu], _stage(progress, node_id, stage, gpu):
+        yield
 
 
 def _compile(node_id: str, source: Path, kwargs: dict, progress, ticket: int, done: threading.Event) -> None:

@@ -8,6 +8,11 @@ and redirects the agent when it stalls or cycles.
 Everything a run writes is crash-safe: the lineage is rewritten atomically after every node (a
 node is written as `pending` before its evaluation starts), run state after every step. After a
 crash, a kill or Ctrl-C, `python -m avo.evolve --resume runs/<name>` continues where it stopped.
+
+With the agent operator and several GPUs (`evaluation.gpus`, local backend), one step runs per
+GPU at once, each on its own candidate file and GPU (avo.workbench); what they share, the lineage
+and the run state, is written under one lock (`Run.lock`), and a commit is recorded only while the
+incumbent it was judged against is still the incumbent (`Run.judge`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import random
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,7 +48,9 @@ class Run:
         self.dir = Path(config.run_dir)
         self.suite = load_suite(config.suite)
         self.lineage = Lineage.load(config.archive)
-        self.evaluate_fn = evaluate_fn
+        self.evaluate_fn = _redacting(evaluate_fn)  # verdicts quote compiler and worker output
+        self.lock = self.lineage.lock  # the lineage and the run state, as steps side by side write them
+        self._in_flight = 0  # agent steps running in other threads, each about to spend a candidate
         self.rng = random.Random(config.random_seed)
         self.state = self._load_state() if resume else {"candidates": 0, "tokens": 0, "elapsed_s": 0.0, "steps": []}
         self.backend = RayBackend(config.evaluation.ray_address) if config.evaluation.backend == "ray" else None
@@ -60,9 +68,10 @@ class Run:
         return json.loads(path.read_text())
 
     def save_state(self) -> None:
-        self.state["elapsed_s"] = self.state.get("elapsed_s", 0.0) + time.monotonic() - self._session_start
-        self._session_start = time.monotonic()
-        atomic_write(self.dir / "state.json", json.dumps(self.state, indent=1))
+        with self.lock:
+            self.state["elapsed_s"] = self.state.get("elapsed_s", 0.0) + time.monotonic() - self._session_start
+            self._session_start = time.monotonic()
+            atomic_write(self.dir / "state.json", json.dumps(self.state, indent=1))
 
     def incumbent(self) -> Candidate | None:
         if self.compile_only:  # nothing can be committed without a GPU: the newest screened node leads
@@ -77,14 +86,20 @@ class Run:
             return self.backend.slots(self.compile_only)
         return 1 if self.compile_only else len(self.config.evaluation.gpus)
 
-    def incumbent_source(self) -> Path | None:
-        best = self.lineage.best(self.config.suite, self.config.arch)
+    def agent_slots(self) -> int:
+        """Agent steps run at once: one per GPU of evaluation.gpus, each step on its own GPU; one
+        when screening or on Ray (the agent's tools run on this host)."""
+        return self.slots() if self.backend is None else 1
+
+    def incumbent_source(self, node_id: str | None = None) -> Path | None:
+        """The source of the incumbent (or of the committed node `node_id`)."""
+        best = self.lineage.get(node_id) if node_id else self.lineage.best(self.config.suite, self.config.arch)
         return self.lineage.root / best.source_path if best else None
 
     def out_of_budget(self) -> str | None:
         budget, state = self.config.budget, self.state
         elapsed = state.get("elapsed_s", 0.0) + time.monotonic() - self._session_start
-        if state["candidates"] >= budget.candidates:
+        if state["candidates"] + self._in_flight >= budget.candidates:
             return f"candidate budget reached ({budget.candidates})"
         if elapsed >= budget.wall_hours * 3600:
             return f"wall-time budget reached ({budget.wall_hours} h)"
@@ -95,67 +110,103 @@ class Run:
     def recover_interrupted(self) -> list[str]:
         """Nodes of this run left `pending` by a crash or kill: recorded as crashed, never lost."""
         recovered = []
-        for node in self.lineage.nodes("pending"):
-            if node.extra.get("run") == self.config.name:
-                self.lineage.update(node.id, status="crashed",
-                                    diagnosis="the run stopped (crash, kill or Ctrl-C) while this was evaluated")
-                recovered.append(node.id)
+        with self.lock:
+            for node in self.lineage.nodes("pending"):
+                if node.extra.get("run") == self.config.name:
+                    self.lineage.update(node.id, status="crashed",
+                                        diagnosis="the run stopped (crash, kill or Ctrl-C) while this was evaluated")
+                    recovered.append(node.id)
         return recovered
 
     # -- one candidate -------------------------------------------------------------------------
     def reserve(self, operator: str, parents: list[str], source_text: str, **fields) -> Candidate:
         """Write the candidate's source and a pending node before anything runs."""
-        node_id = self.lineage.new_id()
-        path = self.dir / "candidates" / f"{node_id}.py"
-        atomic_write(path, source_text)
-        node = Candidate(id=node_id, parents=parents, operator=operator, status="pending",
-                         source_hash=jit.source_hash(source_text), source_path=str(path.resolve()),
-                         arch=self.config.arch, suite=self.config.suite,
-                         extra={"run": self.config.name}, **fields)
-        return self.lineage.add(node)
+        with self.lock:
+            node_id = self.lineage.new_id()
+            path = self.dir / "candidates" / f"{node_id}.py"
+            atomic_write(path, source_text)
+            node = Candidate(id=node_id, parents=parents, operator=operator, status="pending",
+                             source_hash=jit.source_hash(source_text), source_path=str(path.resolve()),
+                             arch=self.config.arch, suite=self.config.suite,
+                             extra={"run": self.config.name}, **fields)
+            return self.lineage.add(node)
 
-    def judge(self, node: Candidate, source: Path | None = None) -> Verdict:
-        """Evaluate a reserved node and record the verdict; returns it."""
-        return self.judge_batch([(node, source)])[0]
+    def judge(self, node: Candidate, source: Path | None = None, gpu: int | None = None) -> Verdict:
+        """Evaluate a reserved node (on `gpu`, else on a free GPU of evaluation.gpus) and record the
+        verdict; returns it. A commit is recorded only while the incumbent it was judged against is
+        still the incumbent: when a step on another GPU committed in the meantime, the candidate is
+        judged again, on the same GPU, against the new incumbent (event `rejudge`), until its verdict
+        is no commit or its incumbent is still the latest. The check and the record hold the run's
+        lock, so no commit can land between them."""
+        source = source or Path(node.source_path)
+        earlier: list[str | None] = []  # incumbents it was judged against before this one
+        while True:
+            with self.lock:
+                best = self.lineage.best(self.config.suite, self.config.arch)
+            verdict = self._evaluate([(node, source)], best, gpus=None if gpu is None else (gpu,))[0]
+            with self.lock:
+                now = self.lineage.best(self.config.suite, self.config.arch)
+                if verdict.status != "committed" or _id(now) == _id(best):
+                    node.extra["judged_against"] = _id(best)
+                    if earlier:
+                        node.extra["rejudged"] = earlier
+                        verdict.diagnosis = (f"{verdict.diagnosis} (judged again against {_id(best)}: another step "
+                                             f"committed it while this was judged against {earlier[-1]})").strip()
+                    self.record(node, verdict, source.read_text())
+                    return verdict
+            earlier.append(_id(best))
+            self.progress.event("rejudge", id=node.id, judged_against=_id(best), incumbent=_id(now), gpu=gpu,
+                                ratio=verdict.ratio)
 
     def judge_batch(self, items: list[tuple[Candidate, Path | None]]) -> list[Verdict]:
         """Evaluate reserved nodes at once, each against the same incumbent, then record them (here
         only: a Ray node never writes the lineage). Commits are recorded slowest first, so the
-        newest commit (the next incumbent) is the fastest of the batch."""
+        latest commit (the next incumbent) is the fastest of the batch."""
+        best = self.lineage.best(self.config.suite, self.config.arch)
+        verdicts = self._evaluate(items, best)
+        order = sorted(range(len(items)), key=lambda i: (verdicts[i].status == "committed", verdicts[i].ratio or 0.0))
+        for i in order:
+            node, source = items[i]
+            node.extra["judged_against"] = _id(best)
+            self.record(node, verdicts[i], (source or Path(node.source_path)).read_text())
+        return verdicts
+
+    def _evaluate(self, items: list[tuple[Candidate, Path | None]], best: Candidate | None,
+                  gpus: tuple[int, ...] | None = None) -> list[Verdict]:
+        """The verdicts of reserved nodes against the committed node `best` (None: no incumbent),
+        on `gpus` (default evaluation.gpus) or on the Ray cluster."""
         cfg = self.config.evaluation
-        incumbent = self.incumbent_source()
+        incumbent = self.lineage.root / best.source_path if best else None
         archs = tuple(dict.fromkeys((self.config.arch, *self.config.compile_archs)))
         kwargs = dict(suite=self.config.suite, archs=archs, incumbent=incumbent,
                       compile_only=True if self.compile_only else None, timeout_s=cfg.timeout_s, seeds=cfg.seeds,
                       rounds=cfg.rounds, baselines=cfg.baselines if incumbent is None else ())
         jobs = [(node.id, source or Path(node.source_path)) for node, source in items]
         if self.backend is None:  # this host: one isolated worker per GPU of evaluation.gpus
-            verdicts = evaluate_local(self.evaluate_fn, jobs, kwargs, (None,) if self.compile_only else cfg.gpus,
-                                      self.progress, compile_first=self.evaluate_fn is evaluate)
-        else:  # a Ray cluster: a task per candidate, on whichever GPU Ray finds free
-            verdicts = self.backend.map(self.evaluate_fn, jobs, kwargs, self.progress)
-        order = sorted(range(len(items)), key=lambda i: (verdicts[i].status == "committed", verdicts[i].ratio or 0.0))
-        for i in order:
-            node, source = items[i]
-            self.record(node, verdicts[i], (source or Path(node.source_path)).read_text())
-        return verdicts
+            return evaluate_local(self.evaluate_fn, jobs, kwargs,
+                                  (None,) if self.compile_only else gpus or cfg.gpus, self.progress,
+                                  compile_first=self.evaluate_fn.__wrapped__ is evaluate)
+        # a Ray cluster: a task per candidate, on whichever GPU Ray finds free
+        return self.backend.map(self.evaluate_fn, jobs, kwargs, self.progress)
 
     def record(self, node: Candidate, verdict: Verdict, source_text: str) -> Candidate:
-        verdict.apply_to(node)
-        self.lineage.add(node, source_text=source_text if node.status == "committed" else None)
-        self.state["candidates"] += 1
-        self.progress.event("candidate", id=node.id, operator=node.operator, status=node.status,
-                            geomean=node.geomean, ratio=verdict.ratio, diagnosis=node.diagnosis,
-                            tokens=node.cost.get("tokens"), cost_usd=node.cost.get("cost_usd"))
-        if node.status == "committed":
-            self.progress.event("incumbent", id=node.id, geomean=node.geomean)
-            if verdict.baselines:
-                from avo.evaluate import geomean
+        with self.lock:
+            verdict.apply_to(node)
+            self.lineage.add(node, source_text=source_text if node.status == "committed" else None)
+            self.state["candidates"] += 1
+            self.progress.event("candidate", id=node.id, operator=node.operator, status=node.status,
+                                geomean=node.geomean, ratio=verdict.ratio, diagnosis=node.diagnosis,
+                                tokens=node.cost.get("tokens"), cost_usd=node.cost.get("cost_usd"))
+            if node.status == "committed":
+                self.progress.event("incumbent", id=node.id, geomean=node.geomean)
+                if verdict.baselines:
+                    from avo.evaluate import geomean
 
-                self.progress.event("baselines", geomean={k: geomean(v.values()) for k, v in verdict.baselines.items()
-                                                          if len(v) == len(verdict.scores)})
-        self.save_state()
-        return node
+                    self.progress.event("baselines", geomean={k: geomean(v.values())
+                                                              for k, v in verdict.baselines.items()
+                                                              if len(v) == len(verdict.scores)})
+            self.save_state()
+            return node
 
     # -- the loop ------------------------------------------------------------------------------
     def ensure_seed(self) -> Candidate | None:
@@ -200,6 +251,50 @@ class Run:
 
         run_step(self, redirect)  # reserve a node, run the model's step, record it (avo.workbench)
 
+    def agent_side_by_side(self) -> None:
+        """Agent steps until the budget is spent, one per GPU at once: a thread per GPU of
+        evaluation.gpus runs step after step on that GPU (run_step with its gpu), each step with its
+        own candidate file and the supervisor's redirect from its thread's previous step. A step
+        is started only while the candidates recorded plus the steps in flight leave room in the
+        budget. An error in one thread lets the others finish their steps, then is raised here."""
+        from avo.workbench import run_step
+        from avo.worker import kill_live_workers
+
+        stop, errors = threading.Event(), []
+
+        def steps_on(gpu: int) -> None:
+            redirect = None
+            try:
+                while not stop.is_set():
+                    with self.lock:
+                        if self.out_of_budget() is not None:
+                            return
+                        self._in_flight += 1
+                    try:
+                        run_step(self, redirect, gpu=gpu)
+                    finally:
+                        with self.lock:
+                            self._in_flight -= 1
+                    redirect = self._supervise()
+            except BaseException as exc:  # handed to the loop's thread
+                errors.append(exc)
+                stop.set()
+
+        threads = [threading.Thread(target=steps_on, args=(gpu,), name=f"avo-agent-gpu{gpu}", daemon=True)
+                   for gpu in self.config.evaluation.gpus]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.5)
+        except BaseException:  # Ctrl-C, SIGTERM: no step starts again, no worker outlives the run
+            stop.set()
+            kill_live_workers()
+            raise
+        if errors:
+            raise errors[0]
+
     def loop(self) -> str:
         operator_name = self.config.resolved_operator()
         mode = "compile-only screening (no GPU of this arch here: nothing can be measured or committed)" \
@@ -224,6 +319,8 @@ class Run:
 
             template = self.incumbent().template or self.config.seed.template
             knob_operator = KnobOperator(template, self.suite.specs, self.rng)
+        if knob_operator is None and self.agent_slots() > 1:
+            self.agent_side_by_side()
         while (reason := self.out_of_budget()) is None:
             if knob_operator is not None:
                 if not self.step_knobs(knob_operator):
@@ -258,6 +355,30 @@ class Run:
         from avo.workbench import supervise
 
         return supervise(self)
+
+
+def _id(node: Candidate | None) -> str | None:
+    return node.id if node is not None else None
+
+
+def _redacting(evaluate_fn):
+    """evaluate_fn whose verdicts carry no secrets (diagnoses quote compiler and worker output);
+    the function it wraps is its __wrapped__."""
+    if getattr(evaluate_fn, "redacts", False):
+        return evaluate_fn
+
+    def evaluate(*args, **kwargs):
+        from avo import tools
+
+        verdict = evaluate_fn(*args, **kwargs)
+        secrets = tools.secret_values()
+        verdict.diagnosis = tools.redact(verdict.diagnosis, secrets)
+        if verdict.correctness:
+            verdict.correctness = json.loads(tools.redact(json.dumps(verdict.correctness, default=str), secrets))
+        return verdict
+
+    evaluate.redacts, evaluate.__wrapped__ = True, evaluate_fn
+    return evaluate
 
 
 def _skip_reason(text: str) -> dict:

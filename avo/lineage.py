@@ -8,7 +8,9 @@ from the last write. Every write goes through a temp file and an atomic rename.
 
 from __future__ import annotations
 
+import copy
 import json
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +54,9 @@ class Candidate:
     arch: str = ""  # the arch it was measured on (sm_90a) or compiled for
     suite: str = ""  # the suite its scores are on: geomeans of different suites do not compare
     created: float = field(default_factory=time.time)
+    # when it was recorded committed: steps side by side commit in another order than they were
+    # created in (None: not committed, or committed before this was kept, when `created` stands in)
+    committed_at: float | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -69,6 +74,9 @@ class Lineage:
 
         self.root = Path(root)
         self.graph = graph if graph is not None else nx.DiGraph()
+        # concurrent agent steps read and write one graph: every method holds this; a caller that
+        # must read then write without another writer between (avo.evolve.Run) holds it too
+        self.lock = threading.RLock()
 
     # -- reading ------------------------------------------------------------------------------
     @classmethod
@@ -84,28 +92,33 @@ class Lineage:
         return cls(root, graph)
 
     def __contains__(self, node_id: str) -> bool:
-        return node_id in self.graph
+        with self.lock:
+            return node_id in self.graph
 
     def __len__(self) -> int:
-        return self.graph.number_of_nodes()
+        with self.lock:
+            return self.graph.number_of_nodes()
 
     def get(self, node_id: str) -> Candidate:
-        if node_id not in self.graph:
-            raise LineageError(f"no node {node_id!r} in the lineage at {self.root}")
-        return Candidate(id=node_id, **self.graph.nodes[node_id])
+        with self.lock:
+            if node_id not in self.graph:
+                raise LineageError(f"no node {node_id!r} in the lineage at {self.root}")
+            return Candidate(id=node_id, **copy.deepcopy(self.graph.nodes[node_id]))
 
     def nodes(self, status: str | None = None) -> list[Candidate]:
-        out = [Candidate(id=node_id, **attrs) for node_id, attrs in self.graph.nodes(data=True)]
+        with self.lock:
+            out = [Candidate(id=node_id, **copy.deepcopy(attrs)) for node_id, attrs in self.graph.nodes(data=True)]
         out = [c for c in out if status is None or c.status == status]
         return sorted(out, key=lambda c: c.created)
 
     def best(self, suite: str | None = None, arch: str | None = None) -> Candidate | None:
-        """The incumbent: the newest committed node, optionally of one suite/arch. A node is committed
-        only when it is at least as fast as the incumbent of its time, measured side by side, so the
-        newest is the best so far; geomeans taken in different runs drift and are not compared."""
+        """The incumbent: the latest node recorded committed, optionally of one suite/arch. A node is
+        committed only when it is at least as fast as the incumbent of its time, measured side by
+        side, so the latest is the best so far; geomeans taken in different runs drift and are not
+        compared."""
         committed = [c for c in self.nodes("committed")
                      if (suite is None or c.suite == suite) and (arch is None or c.arch == arch)]
-        return committed[-1] if committed else None
+        return max(committed, key=lambda c: c.committed_at or c.created) if committed else None
 
     def committed_path(self, suite: str | None = None, arch: str | None = None) -> list[Candidate]:
         """The chain of committed ancestors of the incumbent, seed first."""
@@ -130,49 +143,54 @@ class Lineage:
         return path.read_text()
 
     def new_id(self, prefix: str = "v") -> str:
-        n = self.graph.number_of_nodes()
-        while f"{prefix}{n:04d}" in self.graph:
-            n += 1
-        return f"{prefix}{n:04d}"
+        with self.lock:
+            n = self.graph.number_of_nodes()
+            while f"{prefix}{n:04d}" in self.graph:
+                n += 1
+            return f"{prefix}{n:04d}"
 
     # -- writing ------------------------------------------------------------------------------
     def add(self, candidate: Candidate, source_text: str | None = None) -> Candidate:
         """Add or update a node, with edges from its parents, and persist. A committed node's
         source is stored under sources/ so the lineage never depends on generated/."""
-        missing = [p for p in candidate.parents if p not in self.graph]
-        if missing:
-            raise LineageError(f"parents {missing} of {candidate.id} are not in the lineage")
-        if candidate.status == "committed":
-            if source_text is None:
-                raise LineageError(f"committed node {candidate.id} needs its source text")
-            rel = Path("sources") / f"{candidate.id}.py"
-            atomic_write(self.root / rel, source_text)
-            candidate.source_path = str(rel)
-        self.graph.add_node(candidate.id, **_attrs(candidate))
-        for parent in candidate.parents:
-            self.graph.add_edge(parent, candidate.id)
-        self.save()
-        return candidate
+        with self.lock:
+            missing = [p for p in candidate.parents if p not in self.graph]
+            if missing:
+                raise LineageError(f"parents {missing} of {candidate.id} are not in the lineage")
+            if candidate.status == "committed":
+                if source_text is None:
+                    raise LineageError(f"committed node {candidate.id} needs its source text")
+                rel = Path("sources") / f"{candidate.id}.py"
+                atomic_write(self.root / rel, source_text)
+                candidate.source_path = str(rel)
+                candidate.committed_at = candidate.committed_at or time.time()
+            self.graph.add_node(candidate.id, **_attrs(candidate))
+            for parent in candidate.parents:
+                self.graph.add_edge(parent, candidate.id)
+            self.save()
+            return candidate
 
     def update(self, node_id: str, **fields) -> Candidate:
-        node = self.get(node_id)
-        for key, value in fields.items():
-            if not hasattr(node, key):
-                raise LineageError(f"Candidate has no field {key!r}")
-            setattr(node, key, value)
-        node.__post_init__()
-        self.graph.add_node(node_id, **_attrs(node))
-        self.save()
-        return node
+        with self.lock:
+            node = self.get(node_id)
+            for key, value in fields.items():
+                if not hasattr(node, key):
+                    raise LineageError(f"Candidate has no field {key!r}")
+                setattr(node, key, value)
+            node.__post_init__()
+            self.graph.add_node(node_id, **_attrs(node))
+            self.save()
+            return node
 
     def save(self) -> Path:
         import networkx as nx
 
-        data = {"format_version": FORMAT_VERSION,
-                "graph": nx.node_link_data(self.graph, edges="edges")}
-        path = self.root / "lineage.json"
-        atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
-        return path
+        with self.lock:
+            data = {"format_version": FORMAT_VERSION,
+                    "graph": nx.node_link_data(self.graph, edges="edges")}
+            path = self.root / "lineage.json"
+            atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+            return path
 
 
 def _read(root: Path) -> dict | None:

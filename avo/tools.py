@@ -16,6 +16,7 @@ cuobjdump when they are installed and say so in one line when they are not.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import io
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avo.atomic import atomic_write
 from avo.knowledge import KNOWLEDGE_DIR, PathError, confined_path, knowledge_index, read_text, source_index
 
 __all__ = ["REGISTRY", "Context", "Tool", "ToolError", "ToolResult", "call", "clean_env", "find_binary",
@@ -536,7 +538,7 @@ def _artifacts(ctx: Context, version: str, config: str | None) -> Path:
         source = Path(ctx.run_dir or ctx.candidate.parent) / "versions" / f"{version}.py"
         source.parent.mkdir(parents=True, exist_ok=True)
         if not source.exists() or source.read_text() != text:
-            source.write_text(text)
+            atomic_write(source, text)  # steps side by side share versions/
     try:
         kernel = jit.compile_kernel(source, shape.spec, arch=ctx.arch, run=False)
     except jit.CompileError as exc:
@@ -556,8 +558,7 @@ def _disassemble(ctx: Context, cubin: Path) -> str:
             if proc.returncode != 0:
                 raise ToolError(f"{tool} failed: {proc.stderr.strip()[:500]}")
             if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_text(proc.stdout)
+                atomic_write(cache, proc.stdout)
             return proc.stdout
     raise ToolError("no cuobjdump or nvdisasm here (CUDA's bin/, or pip install nvidia-cuda-cuobjdump): "
                     "SASS cannot be shown; ptx() works without them")
@@ -729,19 +730,27 @@ def t_profile(ctx: Context, config: str = "", incumbent: bool = True):
     if best is not None:
         path = Path(ctx.run_dir or ctx.candidate.parent) / "versions" / f"{best.id}.py"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(ctx.lineage.source(best.id))
+        atomic_write(path, ctx.lineage.source(best.id))
         versions.append((best.id, path))
     out_dir = Path(ctx.run_dir or ctx.candidate.parent) / "profiles" / f"{ctx.node_id or 'step'}_{int(time.time())}"
     out_dir.mkdir(parents=True, exist_ok=True)
+    lease = getattr(ctx.workbench, "gpu_lease", None)  # steps side by side: the step's own GPU, held
+    with lease() if lease else contextlib.nullcontext() as gpu:
+        return _profile_versions(ctx, ncu, shape, versions, out_dir,
+                                 {"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else None)
+
+
+def _profile_versions(ctx: Context, ncu: str, shape, versions: list, out_dir: Path, env: dict | None) -> dict:
     summary = {"config": shape.name, "reports": str(out_dir)}
     for label, source in versions:
         report = out_dir / label
         launch = [sys.executable, "-m", "avo.tool", "_launch", str(source), json.dumps(shape.as_dict()), ctx.arch]
         base = [ncu, "--nvtx", "--nvtx-include", "avo_profile/", "--launch-count", "1",
                 *[a for s in NCU_SECTIONS for a in ("--section", s)], "-f", "-o", str(report)]
-        proc = _run(ctx, [*base, "--metrics", ",".join(NCU_METRICS), *launch], "ncu", cap_s=900, cwd=str(REPO))
+        proc = _run(ctx, [*base, "--metrics", ",".join(NCU_METRICS), *launch], "ncu", cap_s=900, cwd=str(REPO),
+                    env=env)
         if proc.returncode != 0 and "metric" in (proc.stdout + proc.stderr).lower():  # a name this ncu lacks
-            proc = _run(ctx, [*base, *launch], "ncu", cap_s=900, cwd=str(REPO))
+            proc = _run(ctx, [*base, *launch], "ncu", cap_s=900, cwd=str(REPO), env=env)
         (out_dir / f"{label}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0 or not report.with_suffix(".ncu-rep").exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]

@@ -11,6 +11,14 @@ ended. `run_step` drives it with the in-process model (avo.evolve's agent operat
 run through an endpoint outage; `ExternalSession` drives it from tool calls that arrive one by
 one (the MCP server, `python -m avo.tool`), so an outside coding agent's candidates land in the
 lineage exactly like the in-process agent's.
+
+Steps side by side (avo.evolve's Run.agent_side_by_side, one per GPU): a step fixes at its start
+its parent and the incumbent its benchmark tool compares with (the snapshot), and takes a GPU:
+its test, benchmark and profile tools and its submit run on that GPU only, holding it through
+avo.cluster (a judge never shares its GPU, and every such run is in the per-GPU log). Its node,
+candidate file and transcript are its own; writes to the lineage and run state hold the run's
+lock. Submit judges against the incumbent of that moment, and Run.judge judges it again if
+another step commits first.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from avo import tools
+from avo.atomic import atomic_write
 from avo.progress import Progress
 
 __all__ = ["AgentStep", "EndpointOutage", "ExternalSession", "HarnessWorkbench", "StderrProgress", "run_step",
@@ -37,9 +46,12 @@ class EndpointOutage(RuntimeError):
 
 
 class HarnessWorkbench:
-    def __init__(self, run, node, deadline: float | None = None):
+    def __init__(self, run, node, deadline: float | None = None, gpu: int | None = None,
+                 incumbent: str | None = None):
         self.run, self.node = run, node  # avo.evolve.Run and the step's reserved (pending) node
         self.deadline = deadline  # time.monotonic() at which the step's time is spent
+        self.gpu = gpu  # the step's GPU (steps side by side), None: as evaluation.gpus has it
+        self.incumbent = incumbent  # the committed node benchmark compares with; None: the current incumbent
         self.submitted = False
 
     def _timeout(self) -> float:
@@ -48,11 +60,32 @@ class HarnessWorkbench:
             timeout = min(timeout, max(1.0, self.deadline - time.monotonic()))
         return timeout
 
-    def _evaluate(self, path: Path, suite: str | None = None, **kwargs):
+    def _evaluate(self, path: Path, suite: str | None = None, stage: str | None = None, **kwargs):
         cfg = self.run.config
         archs = tuple(dict.fromkeys((cfg.arch, *cfg.compile_archs)))
-        return self.run.evaluate_fn(path, suite=suite or cfg.suite, archs=archs, timeout_s=self._timeout(),
-                                    seeds=cfg.evaluation.seeds, rounds=cfg.evaluation.rounds, **kwargs)
+        kwargs = dict(suite=suite or cfg.suite, archs=archs, timeout_s=self._timeout(), seeds=cfg.evaluation.seeds,
+                      rounds=cfg.evaluation.rounds, **kwargs)
+        if self.gpu is None or kwargs.get("compile_only"):
+            return self.run.evaluate_fn(path, **kwargs)
+        from avo.cluster import evaluate_local
+
+        return evaluate_local(self.run.evaluate_fn, [(self.node.id, path)], kwargs, (self.gpu,), self.run.progress,
+                              stage=stage)[0]
+
+    @contextlib.contextmanager
+    def gpu_lease(self):
+        """The step's GPU, held for a tool that runs kernels outside the cascade (profile); yields
+        its index for CUDA_VISIBLE_DEVICES, or None where the step has no GPU of its own."""
+        if self.gpu is None:
+            yield None
+            return
+        from avo.cluster import hold_gpu
+
+        with hold_gpu(self.gpu, self.run.progress, self.node.id, "profile"):
+            yield self.gpu
+
+    def incumbent_source(self) -> Path | None:
+        return self.run.incumbent_source(self.incumbent) if self.incumbent else self.run.incumbent_source()
 
     def subset_suite(self, configs: list[str]) -> str:
         """A suite file holding only `configs` of the run's suite (timed or correctness-only ones),
@@ -77,10 +110,10 @@ class HarnessWorkbench:
             else:  # a correctness-only shape: checked, not timed
                 part.update(tokens=c.seqlen_q, seqlens=[c.seqlen_q], heads=[], correctness=[
                     [c.batch, c.seqlen_q, c.seqlen_k, c.heads_q, c.heads_kv]])
-            (folder / f"part{i}.yaml").write_text(yaml.safe_dump(part))
+            atomic_write(folder / f"part{i}.yaml", yaml.safe_dump(part))  # steps side by side share subsets/
             parts.append(f"part{i}")
         path = folder / "subset.yaml"
-        path.write_text(yaml.safe_dump({"name": f"{suite.name}-subset", "include": parts}))
+        atomic_write(path, yaml.safe_dump({"name": f"{suite.name}-subset", "include": parts}))
         return str(path)
 
     def compile(self, path: Path) -> dict:
@@ -94,7 +127,7 @@ class HarnessWorkbench:
             return {"ok": False, "error": f"no {self.run.config.arch} GPU here: correctness cannot be run; "
                                           "compile() is what this machine can check"}
         suite = self.subset_suite(configs) if configs else None
-        verdict = self._evaluate(path, suite=suite, stop_after="correctness")
+        verdict = self._evaluate(path, suite=suite, stage="test", stop_after="correctness")
         return {"ok": verdict.status == "screened", "status": verdict.status, "diagnosis": verdict.diagnosis,
                 "configs": configs or "the whole suite", "correctness": verdict.correctness}
 
@@ -102,7 +135,7 @@ class HarnessWorkbench:
         if self.run.compile_only:
             return {"ok": False, "error": f"no {self.run.config.arch} GPU here: nothing can be timed"}
         suite = self.subset_suite(configs) if configs else None
-        verdict = self._evaluate(path, suite=suite, incumbent=self.run.incumbent_source(),
+        verdict = self._evaluate(path, suite=suite, stage="benchmark", incumbent=self.incumbent_source(),
                                  baselines=tuple(self.run.config.evaluation.baselines))
         per_config = {}
         for name, tflops in verdict.scores.items():
@@ -125,7 +158,7 @@ class HarnessWorkbench:
         self.submitted = True
         node = self.run.lineage.get(self.node.id)
         node.rationale = rationale
-        verdict = self.run.judge(node, Path(path))
+        verdict = self.run.judge(node, Path(path), gpu=self.gpu)
         return {"status": verdict.status, "node_id": node.id, "geomean": verdict.geomean, "ratio": verdict.ratio,
                 "noise": verdict.noise, "diagnosis": verdict.diagnosis}
 
@@ -142,51 +175,37 @@ class StderrProgress(Progress):
             super().event(kind, **data)
 
 
-def _redacting(evaluate_fn):
-    """evaluate_fn whose verdicts carry no secrets (diagnoses quote compiler and worker output)."""
-    if getattr(evaluate_fn, "redacts", False):
-        return evaluate_fn
-
-    def evaluate(*args, **kwargs):
-        verdict = evaluate_fn(*args, **kwargs)
-        secrets = tools.secret_values()
-        verdict.diagnosis = tools.redact(verdict.diagnosis, secrets)
-        if verdict.correctness:
-            verdict.correctness = json.loads(tools.redact(json.dumps(verdict.correctness, default=str), secrets))
-        return verdict
-
-    evaluate.redacts = True
-    return evaluate
-
-
 class AgentStep:
     """One agent variation step of a run: the pending node, the candidate, the transcript."""
 
     def __init__(self, run, parent: str, directions: str = "", via: str = "agent", node=None,
-                 started: float | None = None):
-        run.evaluate_fn = _redacting(run.evaluate_fn)
-        self.run, self.parent, self.directions, self.via = run, parent, directions, via
-        if node is None:
-            parent_node = run.lineage.get(parent)
-            node = run.reserve("agent", [parent], run.lineage.source(parent), template=parent_node.template,
-                               knobs=parent_node.knobs)
+                 started: float | None = None, gpu: int | None = None):
+        self.run, self.parent, self.directions, self.via, self.gpu = run, parent, directions, via, gpu
+        with run.lock:  # the snapshot: the parent's source and the incumbent of this moment
+            if node is None:
+                parent_node = run.lineage.get(parent)
+                node = run.reserve("agent", [parent], run.lineage.source(parent), template=parent_node.template,
+                                   knobs=parent_node.knobs)
+            best = run.lineage.best(run.config.suite, run.config.arch)
+            self.incumbent = best.id if best else None
+            self.start_text = run.lineage.source(parent)  # what the candidate was when the step began
         self.node = node
         self.started = time.time() if started is None else started  # wall clock: steps can span processes
         left = run.config.agent.max_seconds_per_step - (time.time() - self.started)
         self.deadline = time.monotonic() + left
-        self.workbench = HarnessWorkbench(run, node, self.deadline)
+        self.workbench = HarnessWorkbench(run, node, self.deadline, gpu=gpu, incumbent=self.incumbent)
         self.candidate = Path(node.source_path)
         self.transcript = run.dir / "transcripts" / f"{node.id}.jsonl"
         self.transcript.parent.mkdir(parents=True, exist_ok=True)
-        self.start_text = run.lineage.source(parent)  # what the candidate was when the step began
         self.machine = (f"This machine has no {run.config.arch} GPU: compile() is the only check here (test, "
                         "benchmark and profile say so), and submit screens the candidate by compiling it."
                         if run.compile_only else "")
 
     @classmethod
-    def open(cls, run, redirect=None, via: str = "agent") -> AgentStep:
-        parent = (redirect.fork_from if redirect and redirect.fork_from else None) or run.incumbent().id
-        return cls(run, parent, redirect.directions if redirect else "", via)
+    def open(cls, run, redirect=None, via: str = "agent", gpu: int | None = None) -> AgentStep:
+        with run.lock:
+            parent = (redirect.fork_from if redirect and redirect.fork_from else None) or run.incumbent().id
+            return cls(run, parent, redirect.directions if redirect else "", via, gpu=gpu)
 
     def context(self, secrets: tuple[str, ...] = ()) -> tools.Context:
         from avo.knowledge import reference_roots
@@ -208,15 +227,20 @@ class AgentStep:
     def discard(self) -> None:
         """Forget a step that never reached the model: no node, no candidate file, no transcript."""
         lineage = self.run.lineage
-        if self.node.id in lineage and lineage.get(self.node.id).status == "pending":
-            lineage.graph.remove_node(self.node.id)
-            lineage.save()
+        with lineage.lock:
+            if self.node.id in lineage and lineage.get(self.node.id).status == "pending":
+                lineage.graph.remove_node(self.node.id)
+                lineage.save()
         for path in (self.candidate, self.transcript):
             path.unlink(missing_ok=True)
 
     def finish(self, result) -> None:
         """Record how the step ended (an avo.agent.AgentStepResult): costs, outcome, diff, errors
         on the node; a step that never submitted becomes a rejected node saying why."""
+        with self.run.lock:
+            self._finish(result)
+
+    def _finish(self, result) -> None:
         from avo.supervisor import record_from_step
 
         run = self.run
@@ -230,7 +254,9 @@ class AgentStep:
         fields = {"cost": cost, "rationale": tools.redact(result.rationale, secrets),
                   "extra": {**final.extra, "transcript": str(self.transcript), "outcome": result.outcome,
                             "via": self.via, "edit_hash": result.edit_hash, "diff": result.diff[-20000:],
-                            "errors": errors, "refused": result.refused, "tool_calls": result.tool_calls}}
+                            "errors": errors, "refused": result.refused, "tool_calls": result.tool_calls,
+                            "step": {"gpu": self.gpu, "incumbent": self.incumbent, "start": self.started,
+                                     "end": time.time()}}}
         if final.status == "pending":  # never submitted: recorded with why (its reason, else the last error)
             why = fields["rationale"] if result.outcome == "gave_up" and fields["rationale"] else \
                 (errors[-1] if errors else "")
@@ -252,7 +278,8 @@ def supervise(run):
     from avo.supervisor import StepRecord, SupervisorConfig, review
 
     cfg = run.config.supervisor
-    records = [StepRecord(**r) for r in run.state["steps"]]
+    with run.lock:
+        records = [StepRecord(**r) for r in run.state["steps"]]
     endpoint = EndpointConfig(**dataclasses.asdict(run.config.endpoint)) if run.config.endpoint.base_url else None
     redirect = review(records, run.lineage.nodes(), SupervisorConfig(cfg.stall_steps, cfg.repeat_limit,
                                                                      cfg.fork_within), endpoint=endpoint)
@@ -262,11 +289,11 @@ def supervise(run):
     return redirect
 
 
-def run_step(run, redirect) -> None:
-    """One in-process agent step (avo.evolve's agent operator). A step whose every request failed
-    before reaching the model is not a candidate: its node is discarded and the run pauses
-    (10 s, doubling to 5 min) until the endpoint answers, for at most agent.outage_wait_s in all;
-    then EndpointOutage stops the run, which --resume continues."""
+def run_step(run, redirect, gpu: int | None = None) -> None:
+    """One in-process agent step (avo.evolve's agent operator), on `gpu` when steps run side by
+    side. A step whose every request failed before reaching the model is not a candidate: its node
+    is discarded and the run pauses (10 s, doubling to 5 min) until the endpoint answers, for at
+    most agent.outage_wait_s in all; then EndpointOutage stops the run, which --resume continues."""
     from avo.agent import EndpointConfig, StepBudget, run_agent_step
 
     cfg = run.config
@@ -274,7 +301,9 @@ def run_step(run, redirect) -> None:
     budget = StepBudget(cfg.agent.max_turns, cfg.agent.max_tokens_per_step, cfg.agent.max_seconds_per_step)
     waited, pause = 0.0, 10.0
     while True:
-        step = AgentStep.open(run, redirect)
+        step = AgentStep.open(run, redirect, gpu=gpu)
+        if gpu is not None:
+            run.progress.event("step", id=step.node.id, parent=step.parent, incumbent=step.incumbent, gpu=gpu)
         result = run_agent_step(endpoint, run.lineage, step.workbench, step.candidate, budget,
                                 directions=step.directions, parent_id=step.parent, log_path=step.transcript,
                                 node_id=step.node.id, run_dir=run.dir, suite=cfg.suite, arch=cfg.arch,
@@ -311,8 +340,6 @@ class ExternalSession:
         return json.loads(self.path.read_text()) if self.path.exists() else {}
 
     def _save(self, state: dict) -> None:
-        from avo.atomic import atomic_write
-
         atomic_write(self.path, json.dumps(state, indent=1))
 
     def budget_left(self) -> str | None:

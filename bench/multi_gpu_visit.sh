@@ -16,6 +16,11 @@
 #   5. source .gpu-bundle/b/setup.sh && bash bench/multi_gpu_visit.sh two       carry .gpu-bundle/b
 #   6. source .gpu-bundle/b/setup.sh && bash bench/multi_gpu_visit.sh ray       carry .gpu-bundle/b
 #   7. source .gpu-bundle/b/setup.sh && bash bench/multi_gpu_visit.sh report    carry .gpu-bundle/b
+# The agent operator, one step per GPU (no model reachable there: bench/scripted_agent.py plays a
+# minimal agent that marks, benchmarks and submits; the report counts its re-judged commits):
+#   8. source .gpu-bundle/b/setup.sh && bash bench/multi_gpu_visit.sh agent-one   carry .gpu-bundle/b
+#   9. source .gpu-bundle/b/setup.sh && bash bench/multi_gpu_visit.sh agent-two   carry .gpu-bundle/b
+#      then report again
 # Ray is installed from the stashed halves once (into /tmp/site-ray); without them the ray mode
 # says so and the others run. RUN_SECONDS (default 420) is each run's length; runs, caches and
 # logs stay in /tmp/avo-multi on the warm machine, their summaries and event logs go to $OUT.
@@ -37,11 +42,11 @@ install_ray() {  # the stashed halves -> /tmp/site-ray, once per machine
   if [ -f /tmp/site-ray/.done ]; then export PYTHONPATH="${PYTHONPATH:-}:/tmp/site-ray"; fi
 }
 
-evolve() {  # evolve NAME [--set ...]: a knob-operator run on the mha suite, cold caches of its own
+evolve() {  # evolve NAME [--set ...]: a knob-operator run (OPERATOR=agent: the agent's) on the mha suite, cold caches
   local name=$1; shift
   rm -rf "$work/$name" "$work/cache-$name"
   AVO_CACHE_DIR="$work/cache-$name" timeout --signal=INT "$seconds" python3 -m avo.evolve \
-    --config configs/evolve_mha_sm90.yaml --operator knobs --candidates 500 \
+    --config configs/evolve_mha_sm90.yaml --operator "${OPERATOR:-knobs}" --candidates 500 \
     --set run_dir="$work/$name" --set archive="$work/$name/archive" --set evaluation.seeds=1 "$@" \
     2>&1 | grep -v Warning > "$work/$name.log"
   tail -40 "$work/$name.log" | tee "$out/$name.log"
@@ -79,6 +84,14 @@ case "$mode" in
         | tee "$out/ray.log"; exit 1
     fi
     evolve ray --set evaluation.backend=ray ;;
+  agent-one|agent-two)  # the agent operator on GPU 0, or one step per GPU on both, with the scripted agent
+    gpus="[0]"; [ "$mode" = agent-two ] && gpus="[0, 1]"
+    python3 bench/scripted_agent.py 18431 "$work/$mode" > "$work/$mode.endpoint.log" 2>&1 &
+    endpoint=$!
+    OPERATOR=agent evolve "$mode" --set "evaluation.gpus=$gpus" --set endpoint.base_url=http://127.0.0.1:18431/v1 \
+      --set endpoint.model=scripted --set endpoint.api_key_env=AVO_NO_KEY --set supervisor.stall_steps=100000
+    kill "$endpoint"
+    grep -c '"event": "rejudge"' "$work/$mode/events.jsonl" | sed 's/^/re-judged commits: /' | tee -a "$out/$mode.log" ;;
   report)
     install_ray
     python3 - "$work" <<'EOF' | tee "$out/table.txt"
@@ -89,10 +102,12 @@ from avo.cluster import gpu_overlaps, read_intervals
 
 work = Path(sys.argv[1])
 rows, base = [], None
-for name, gpus in (("one", "1 (local)"), ("two", "2 (local)"), ("ray", "2 (ray)")):
+for name, gpus in (("one", "1 (local)"), ("two", "2 (local)"), ("ray", "2 (ray)"), ("agent-one", "1 (agent)"),
+                   ("agent-two", "2 (agent)")):
     path = work / name / "events.jsonl"
     if not path.exists():
-        rows.append(f"| {name:4s} | {gpus:9s} | not run |")
+        rows.append(f"| {name:9s} | {gpus:9s} | not run |")
+        base = None if name in ("one", "agent-one") else base
         continue
     events = [json.loads(line) for line in path.read_text().splitlines()]
     start = next(e["time"] for e in events if e["event"] == "start")
@@ -103,21 +118,22 @@ for name, gpus in (("one", "1 (local)"), ("two", "2 (local)"), ("ray", "2 (ray)"
     after = len(done) - 1
     span = done[-1]["time"] - done[0]["time"] if after > 0 else 0.0
     rate = after / span * 3600 if span else 0.0
-    base = rate if name == "one" else base
+    base = rate if name in ("one", "agent-one") else base
     speedup = f"{rate / base:.2f}x" if base else "-"
     intervals = read_intervals(path)
     on_gpu = [r for r in intervals if r.get("gpu") is not None]
     used = sorted({(r.get("host") or "", r["gpu"]) for r in on_gpu})
     overlaps = len(gpu_overlaps(intervals))
-    rows.append(f"| {name:4s} | {gpus:9s} | {len(done):3d} ({after} after the seed in {span:5.0f} s) | "
+    rows.append(f"| {name:9s} | {gpus:9s} | {len(done):3d} ({after} after the seed in {span:5.0f} s) | "
                 f"{rate:6.1f} | {speedup:6s} | {len(on_gpu)} stages on {len(used)} GPU(s): {overlaps} overlaps | "
                 f"{lost} lost | {statuses} | {done[0]['time'] - start:4.0f} s |")
-print("| run  | GPUs      | candidates | per hour | vs 1 GPU | per-GPU log | lost | statuses | to the seed |")
-print("|------|-----------|------------|----------|----------|-------------|------|----------|-------------|")
+print("| run       | GPUs      | candidates | per hour | vs 1 GPU | per-GPU log | lost | statuses | to the seed |")
+print("|-----------|-----------|------------|----------|----------|-------------|------|----------|-------------|")
 print("\n".join(rows))
-print("goal: two and ray >= 1.80x the one-GPU rate, 0 overlaps everywhere")
+print("goal: two and ray >= 1.80x the one-GPU rate (agent-two: of agent-one), 0 overlaps everywhere")
 EOF
     ;;
   *)
-    echo "usage: bash bench/multi_gpu_visit.sh ray-wheels | ray-stash | one | two | ray | report" >&2; exit 2 ;;
+    echo "usage: bash bench/multi_gpu_visit.sh ray-wheels | ray-stash | one | two | ray | agent-one | agent-two | report" >&2
+    exit 2 ;;
 esac

@@ -35,7 +35,7 @@ class ScriptedServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                item = server.script.pop(0) if server.script else {"content": "script exhausted"}
+                item = server.next_item(body)
                 if isinstance(item, tuple) and item[0] == "status":  # ("status", code[, message[, headers]])
                     message = item[2] if len(item) > 2 else "scripted failure"
                     self._send(item[1], {"error": {"message": message, "type": "server_error"}},
@@ -71,6 +71,10 @@ class ScriptedServer:
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def next_item(self, body: dict):
+        """What answers this request: the script's next item."""
+        return self.script.pop(0) if self.script else {"content": "script exhausted"}
 
     def close(self):
         self.httpd.shutdown()
