@@ -55,12 +55,18 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole cascade")
     parser.add_argument("--submit", action="store_true", help="record the verdict in the archive's lineage")
     parser.add_argument("--json", help="write the verdict here")
+    parser.add_argument("--parent", help="the node this kernel was edited from (default: the incumbent)")
+    parser.add_argument("--author", default="",
+                        help="who made the edit, recorded on the node (operator 'manual'): a person, or an agent by name")
+    parser.add_argument("--rationale", default="", help="what the edit means to try, recorded on the node")
     args = parser.parse_args(argv)
     try:
         lineage = Lineage.load(args.archive)
         load_suite(args.suite)
         source, node_id = resolve_source(args.kernel, lineage)
         incumbent, incumbent_id = _incumbent(args.incumbent, lineage, args.arch.split(",")[0].strip())
+        if args.parent:
+            lineage.get(args.parent)  # an unknown id fails here, before anything runs
     except (LineageError, SuiteError, FileNotFoundError, jit.CompileError) as exc:
         print(f"avo.eval: {exc}", file=sys.stderr)
         return 2
@@ -75,7 +81,8 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(verdict.as_dict(), indent=1))
     if args.submit:
-        node = _record(lineage, source, verdict, parent=incumbent_id)
+        node = _record(lineage, source, verdict, parent=args.parent or incumbent_id, incumbent=incumbent_id,
+                       author=args.author, rationale=args.rationale)
         print(f"recorded {node.id} as {node.status} in {lineage.root}")
     return 0 if verdict.status in ("committed", "screened") else 1
 
@@ -90,18 +97,25 @@ def _incumbent(choice: str, lineage: Lineage, arch: str) -> tuple[str | None, st
     return str(source), node_id
 
 
-def _record(lineage: Lineage, source: Path, verdict, parent: str | None) -> Candidate:
+def _record(lineage: Lineage, source: Path, verdict, parent: str | None, incumbent: str | None = None,
+            author: str = "", rationale: str = "") -> Candidate:
     """Record a submitted kernel. Its family (the template it came from) is part of its identity: it
-    descends from the incumbent only when that is of its family, else from its family's newest
-    committed node, else it starts a root of its own; what it was timed against stays in extra."""
+    descends from `parent` (the incumbent unless named) only when that is of its family, else from its
+    family's newest committed node, else it starts a root of its own; what it was timed against and
+    who made the edit stay in extra."""
     text = source.read_text()
-    family, incumbent = _family(source, text), parent
+    family = _family(source, text)
+    incumbent = incumbent if incumbent is not None else parent
     if parent and lineage.get(parent).template != family:
         same = [c for c in lineage.nodes("committed") if family and c.template == family]
         parent = same[-1].id if same else None
     node = Candidate(id=lineage.new_id(), parents=[parent] if parent else [], operator="manual",
                      template=family, source_hash=jit.source_hash(text), source_path=str(source))
     verdict.apply_to(node)
+    if rationale:
+        node.rationale = rationale
+    if author:
+        node.extra["author"] = author
     if incumbent and incumbent != parent:
         node.extra["timed_against"] = incumbent
     return lineage.add(node, source_text=text if verdict.status == "committed" else None)

@@ -4,11 +4,17 @@ seed timed interleaved with it in one process, each one's paired speed ratio vs 
 detect as slower, run after run.
 
     python bench/knob_slowdowns.py [--suite mha] [--rounds 32] [--out FILE]
+        [--variant NAME='{"tile_n": 176}' ...] [--file NAME=path/to/kernel.py ...] [--per-config]
+
+--variant replaces the built-in variants (knobs over each spec's defaults); --file adds a kernel
+source as it is. Sources are rendered per spec of the suite, so a multi-spec suite (paper) gets
+each spec's default knobs (pack_gqa for GQA, the CTA order for causal) under the variant's.
 """
 
 import argparse
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,31 +37,66 @@ def main() -> int:
     ap.add_argument("--suite", default="mha")
     ap.add_argument("--rounds", type=int, default=32)
     ap.add_argument("--out")
+    ap.add_argument("--variant", action="append", default=[], help="NAME=JSON knobs")
+    ap.add_argument("--file", action="append", default=[], help="NAME=kernel source file")
+    ap.add_argument("--per-config", action="store_true", help="print each config's ratio too")
+    ap.add_argument("--baselines", default="", help="comma-separated, e.g. fa4,cudnn: timed in the same rounds")
     args = ap.parse_args()
     suite = load_suite(args.suite)
-    spec = suite.specs[0]
-    sources = {"seed": jit.render("flash_fwd_sm90", jit.load_knobs("flash_fwd_sm90", spec=spec))}
-    for name, knobs in VARIANTS.items():
-        sources[name] = jit.render("flash_fwd_sm90", jit.load_knobs("flash_fwd_sm90", knobs, spec=spec))
+    variants = dict(VARIANTS) if not (args.variant or args.file) else {}
+    for item in args.variant:
+        name, _, text = item.partition("=")
+        variants[name] = json.loads(text)
+    arch = (jit.current_arch(),)
     kernels = {}
-    for name, source in sources.items():
-        built = jit.compile_many(source, suite.specs, (jit.current_arch(),), run=True, trusted=True)
-        if any(isinstance(k, jit.CompileError) for k in built.values()):
-            print(f"{name}: does not compile, skipped")
-            continue
-        kernels[name] = {spec: k.fn for (spec, _), k in built.items()}
-    m = timing.measure(list(suite.timed), kernels, min_rounds=args.rounds, block=args.rounds, check=None,
+
+    def build(name, per_spec_source):
+        def one(spec):  # each spec compiles in its own sandboxed process: side by side
+            return next(iter(jit.compile_many(per_spec_source(spec), [spec], arch, run=True, trusted=True).values()))
+
+        with ThreadPoolExecutor(max_workers=min(8, len(suite.specs))) as pool:
+            results = dict(zip(suite.specs, pool.map(one, suite.specs), strict=True))
+        bad = {s.key(): r for s, r in results.items() if isinstance(r, jit.CompileError)}
+        if bad:
+            print(f"{name}: does not compile, skipped ({bad})")
+            return
+        kernels[name] = {spec: r.fn for spec, r in results.items()}
+
+    build("seed", lambda spec: jit.render("flash_fwd_sm90", jit.load_knobs("flash_fwd_sm90", spec=spec)))
+    for name, knobs in variants.items():
+        build(name, lambda spec, knobs=knobs: jit.render("flash_fwd_sm90",
+                                                         jit.load_knobs("flash_fwd_sm90", knobs, spec=spec)))
+    for item in args.file:
+        name, _, path = item.partition("=")
+        variants[name] = {"file": path}
+        build(name, lambda spec, path=path: Path(path))
+    baselines = tuple(filter(None, args.baselines.split(",")))
+    m = timing.measure(list(suite.timed), kernels, baselines, min_rounds=args.rounds, block=args.rounds, check=None,
                        telemetry=Telemetry())
+    versus = {name: m.versus(baselines, name=name) for name in kernels} if baselines else {}
+    if args.per_config and "fa4" in baselines:
+        for name in kernels:
+            est = stats.relative_ratio({c: t["fa4"] for c, t in m.times.items()},
+                                       {c: t[name] for c, t in m.times.items()}, flags=m.flags)
+            print(f"{name} vs fa4 per config: " + ", ".join(
+                f"{c} {r['ratio']:.3f}" for c, r in est.per_config.items()))
+    for name, vs in versus.items():
+        print(f"{name:14s} " + "  ".join(f"vs {b} {v['ratio']:.4f} [{v['ratio_ci'][0]:.4f}, {v['ratio_ci'][1]:.4f}]"
+                                          for b, v in vs.items()))
     rows = {}
     for name in kernels:
         if name == "seed":
             continue
         est = stats.relative_ratio({c: t["seed"] for c, t in m.times.items()},
                                    {c: t[name] for c, t in m.times.items()}, flags=m.flags)
-        rows[name] = {"knobs": VARIANTS[name], "ratio": est.ratio, "ratio_ci": [est.lo, est.hi]}
+        rows[name] = {"knobs": variants[name], "ratio": est.ratio, "ratio_ci": [est.lo, est.hi],
+                      "per_config": est.per_config}
         print(f"{name:14s} speed vs seed {est.format()}")
+        if args.per_config:
+            for config, r in est.per_config.items():
+                print(f"    {config:26s} {r['ratio']:.4f} [{r['lo']:.4f}, {r['hi']:.4f}]")
     if args.out:
-        Path(args.out).write_text(json.dumps({"suite": args.suite, "rounds": args.rounds, "variants": rows,
+        Path(args.out).write_text(json.dumps({"suite": args.suite, "rounds": args.rounds, "variants": rows, "versus": versus,
                                               "telemetry": m.telemetry}, indent=1))
     return 0
 

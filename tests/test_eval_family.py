@@ -39,3 +39,16 @@ def test_a_flash_kernel_descends_from_the_flash_incumbent(tmp_path):
     node = _record(lineage, jit.render("flash_fwd_sm90", jit.load_knobs("flash_fwd_sm90")), _verdict("rejected"),
                    parent="v0000")
     assert node.parents == ["v0000"] and node.template == "flash_fwd_sm90" and "timed_against" not in node.extra
+
+
+def test_a_named_parent_author_and_rationale_are_recorded(tmp_path):
+    lineage = _archive(tmp_path)
+    source = jit.render("flash_fwd_sm90", jit.load_knobs("flash_fwd_sm90"))
+    second = _record(lineage, source, _verdict("committed"), parent="v0000")
+    # an edit of v0000 timed against the newer incumbent: its parent is what it was edited from
+    node = _record(lineage, source, _verdict("rejected"), parent="v0000", incumbent=second.id,
+                   author="Claude (lead engineer), by hand", rationale="3-D grid as FA4 launches it")
+    saved = Lineage.load(lineage.root).get(node.id)
+    assert saved.parents == ["v0000"] and saved.extra["timed_against"] == second.id
+    assert saved.extra["author"] == "Claude (lead engineer), by hand"
+    assert saved.rationale == "3-D grid as FA4 launches it" and saved.operator == "manual"

@@ -1,0 +1,77 @@
+#!/bin/bash
+# Issue 13 on the GPU: where the seed loses to FA4, and what closes the gap. One mode per device call.
+# Call 1: `bash .gpu-bundle/a/stash.sh` (carry .gpu-bundle/a). Then, carrying .gpu-bundle/b and .gpu-bundle/extra:
+#   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh tests     # GPU tests not yet run on a GPU
+#   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh power     # work per clock vs clock, seed/FA4/cuDNN
+#   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh ncu [KERNEL] [CONFIG]  # Nsight Compute, kernel vs FA4
+#   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh knobs [SUITE] [ROUNDS] NAME='{json}' ... [NAME=file.py]
+set -uo pipefail
+export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
+export PATH=$PATH:/usr/local/cuda/bin
+for w in .gpu-bundle/extra/*.whl; do [ -e "$w" ] && export PYTHONPATH="$PYTHONPATH:$PWD/$w"; done  # nvidia-ml-py
+out=${OUT:-/tmp/avo-out}; mkdir -p "$out"
+nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw,power.limit --format=csv,noheader | tee -a "$out/gpu.txt"
+case "${1:-}" in
+  tests)
+    timeout 560 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_timing.py tests/test_zoo.py 2>&1 | grep -v Warning | tail -30 | tee "$out/gpu_tests.txt" ;;
+  power)
+    timeout 500 python3 bench/power_profile.py --kernel "${2:-flash_fwd_sm90}" \
+      --configs "${3:-mha16x16_s16k_full,gqa32x8_s8k_full,mha16x16_s4k_causal}" --seconds 1.5 --repeats 2 \
+      --out "$out/power.json" 2>&1 | grep -v Warning | tail -20 | tee "$out/power.txt" ;;
+  ncu)
+    kernel=${2:-flash_fwd_sm90}; config=${3:-mha16x16_s16k_full}
+    sections=""; for s in SpeedOfLight Occupancy LaunchStats WarpStateStats ComputeWorkloadAnalysis \
+      MemoryWorkloadAnalysis SchedulerStats InstructionStats; do sections="$sections --section $s"; done
+    metrics=sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__cycles_elapsed.avg.per_second,smsp__inst_executed.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,lts__t_sector_hit_rate.pct,dram__bytes_read.sum
+    python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once 2>&1 | tail -3
+    timeout 400 ncu -k regex:kernel_cutlass --launch-count 4 $sections --metrics "$metrics" -f -o "$out/ncu_$config" \
+      python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once > "$out/ncu.log" 2>&1
+    tail -3 "$out/ncu.log"
+    ncu --import "$out/ncu_$config.ncu-rep" --csv --page raw > "$out/ncu_$config.csv"
+    python3 - "$out/ncu_$config.csv" <<'EOF' | tee "$out/ncu_summary.txt"
+import sys, json
+from avo.tools import parse_ncu_csv, summarize_ncu, _num
+rows = parse_ncu_csv(open(sys.argv[1]).read())
+extra = ("sm__cycles_elapsed.avg.per_second", "smsp__inst_executed.sum", "gpu__time_duration.sum",
+         "l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum", "lts__t_sector_hit_rate.pct", "dram__bytes_read.sum",
+         "sm__cycles_elapsed.max")
+for r in rows[1::2]:  # the second (warm) launch of each kernel
+    s = summarize_ncu(r)
+    s["kernel"] = s["kernel"][:60]
+    s.update({k: r[k][0] for k in extra if k in r})
+    print(json.dumps(s))
+EOF
+    ;;
+  ncu-mem)  # L2/L1 traffic by source and op, the kernel vs FA4 (absolute counts)
+    kernel=${2:-flash_fwd_sm90}; config=${3:-mha16x16_s16k_full}
+    m=lts__t_sectors_srcunit_tex_op_read.sum,lts__t_sectors_srcunit_tex_op_write.sum,lts__t_sectors_op_read.sum
+    m=$m,lts__t_sectors_op_write.sum,lts__t_requests_srcunit_tex_op_read.sum,lts__t_sectors_srcunit_tex_op_read_lookup_hit.sum
+    m=$m,lts__t_sectors_srcunit_ltcfabric.sum,lts__t_sectors.sum,lts__t_requests.sum,smsp__inst_executed_op_global_st.sum
+    m=$m,smsp__inst_executed_op_global_ld.sum,l1tex__m_xbar2l1tex_read_bytes.sum,l1tex__m_l1tex2xbar_write_bytes.sum
+    m=$m,lts__t_sectors_srcunit_tex.sum,lts__t_sectors_srcnode_gpc.sum,gpu__time_duration.sum,dram__bytes_read.sum
+    m=$m,lts__t_sectors_srcunit_tex_aperture_device_op_read.sum,lts__average_t_sector_hit_rate_realtime.pct
+    python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once 2>&1 | tail -1
+    timeout 400 ncu -k regex:kernel_cutlass --launch-count 4 --metrics "$m" --csv --page raw \
+      python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once > "$out/ncu_mem.csv" 2> "$out/ncu_mem.err"
+    python3 - "$out/ncu_mem.csv" <<'EOF' | tee "$out/ncu_mem.txt"
+import sys
+from avo.tools import parse_ncu_csv
+text = open(sys.argv[1]).read()
+rows = parse_ncu_csv(text[text.find('"ID"'):])
+for r in rows[1::2]:
+    print(r.get("Kernel Name", ("?",))[0][:50])
+    for k, (v, unit) in sorted(r.items()):
+        if "__" in k:
+            print(f"   {k:70s} {v} {unit}")
+EOF
+    ;;
+  knobs)
+    suite=${2:-paper}; rounds=${3:-16}; shift 3 || shift $#
+    args=()
+    for item in "$@"; do
+      case "$item" in *.py) args+=(--file "$item") ;; *) args+=(--variant "$item") ;; esac
+    done
+    timeout 560 python3 bench/knob_slowdowns.py --suite "$suite" --rounds "$rounds" --baselines fa4,cudnn \
+      --per-config "${args[@]}" --out "$out/knobs_$suite.json" 2>&1 | grep -v Warning | tail -80 | tee "$out/knobs_$suite.txt" ;;
+  *) echo "usage: bash bench/fa4_gap_visit.sh tests|power|ncu [KERNEL] [CONFIG]|knobs SUITE ROUNDS VARIANTS..."; exit 2 ;;
+esac
