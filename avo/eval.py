@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the verdict here")
     parser.add_argument("--parent", help="the node this kernel was edited from (default: the incumbent)")
     parser.add_argument("--author", default="",
-                        help="who made the edit, recorded on the node (operator 'manual'): a person, or an agent by name")
+                        help="who made the edit (a person, or an agent by name): on the node, operator 'manual'")
     parser.add_argument("--rationale", default="", help="what the edit means to try, recorded on the node")
     args = parser.parse_args(argv)
     try:

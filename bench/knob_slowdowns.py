@@ -96,8 +96,8 @@ def main() -> int:
             for config, r in est.per_config.items():
                 print(f"    {config:26s} {r['ratio']:.4f} [{r['lo']:.4f}, {r['hi']:.4f}]")
     if args.out:
-        Path(args.out).write_text(json.dumps({"suite": args.suite, "rounds": args.rounds, "variants": rows, "versus": versus,
-                                              "telemetry": m.telemetry}, indent=1))
+        Path(args.out).write_text(json.dumps({"suite": args.suite, "rounds": args.rounds, "variants": rows,
+                                              "versus": versus, "telemetry": m.telemetry}, indent=1))
     return 0
 
 

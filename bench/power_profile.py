@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     rng = random.Random(0)
     results = {}
     for c in configs:
-        for rep in range(a.repeats):
+        for _ in range(a.repeats):
             order = [lb for lb in kernels if c.name in kernels[lb]]
             rng.shuffle(order)
             for label in order:
