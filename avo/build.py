@@ -77,7 +77,8 @@ def _compile_one(out: Path, source: Path, spec: AttentionSpec, arch: str) -> dic
     shutil.rmtree(dump, ignore_errors=True)
     if not (out / "kernel.cubin").exists():
         raise CompileError("compile", "the DSL produced no cubin", str(source))
-    split = getattr(kernel_cls, "register_split", ()) or ()
+    # the kernel's setmaxnreg split: per instance where knobs are per spec, else on the class
+    split = getattr(kernel, "register_split", None) or getattr(kernel_cls, "register_split", ()) or ()
     return {"compile_seconds": round(seconds, 3), "launches": launches,
             "register_split": [int(x) for x in split]}
 

@@ -1,6 +1,8 @@
 """Template -> render -> compile -> cache.
 
-`render(template, knobs)` writes a kernel module into generated/ named by the hash of its text.
+`render(template, knobs)` writes a kernel module into generated/ named by the hash of its text; knobs
+is one assignment (Knobs) or a per-spec knob table (KnobTable: a default and override rows), which
+the source carries as Python literals so that one source serves every spec with its own knobs.
 `compile_kernel(source, spec, arch)` imports it, checks the kernel contract (avo/spec.py), compiles
 it with CuTe DSL for `arch` and keeps the artifacts (object file, PTX, cubin, resource report) in a
 disk cache keyed by source hash + arch + specialization + cutlass-dsl version, so another process
@@ -54,6 +56,7 @@ __all__ = [
     "knob_space",
     "load_callable",
     "load_knobs",
+    "load_table",
     "render",
     "source_hash",
 ]
@@ -123,7 +126,8 @@ def _template_dir(template: str) -> Path:
 
 
 def knob_space(template: str):
-    """The template's knobs module: `Knobs` (frozen dataclass), `SPACE`, `default_knobs(spec)`."""
+    """The template's knobs module: `Knobs` (frozen dataclass), `SPACE`, `default_knobs(spec)`;
+    a template whose source holds a per-spec knob table also has `KnobTable` and `SEED_TABLE`."""
     path = _template_dir(template) / "knobs.py"
     name = f"avo_knobs_{template}"
     if name not in sys.modules:
@@ -136,9 +140,13 @@ def knob_space(template: str):
 
 def load_knobs(template: str, values: dict | None = None, spec: AttentionSpec | None = None):
     """A Knobs instance: the template's defaults for `spec`, overridden by `values`, each value
-    checked against SPACE."""
+    checked against SPACE. `values` in a knob table's form ({"default": ..., "rows": ...}, as the
+    lineage records it) gives that table's knobs for `spec`."""
     space = knob_space(template)
-    base = space.default_knobs(spec or AttentionSpec())
+    spec = spec or AttentionSpec()
+    if _is_table_dict(values) and hasattr(space, "KnobTable"):
+        return load_table(template, values).for_spec(spec)
+    base = space.default_knobs(spec)
     values = dict(values or {})
     fields = {f.name for f in dataclasses.fields(space.Knobs)}
     unknown = set(values) - fields
@@ -151,14 +159,39 @@ def load_knobs(template: str, values: dict | None = None, spec: AttentionSpec | 
     return dataclasses.replace(base, **values)
 
 
+def load_table(template: str, values: dict | None = None):
+    """The knob table a source is rendered from, for a template that has one (else the Knobs of
+    load_knobs): the seed's table for None; a table's dict form as the lineage records it; a flat
+    knobs dict (what nodes recorded before tables) is one assignment for every spec, no rows."""
+    space = knob_space(template)
+    if not hasattr(space, "KnobTable"):
+        return load_knobs(template, values)
+    if values is None:
+        return space.SEED_TABLE
+    try:
+        return space.KnobTable.from_dict(values)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (template {template})") from None
+
+
+def _is_table_dict(values) -> bool:
+    return isinstance(values, dict) and bool(values) and set(values) <= {"default", "rows"}
+
+
 def render(template: str, knobs=None) -> Path:
-    """Render `template` with `knobs` into generated/<template>_<sha12>.py (written once, atomically)."""
+    """Render `template` into generated/<template>_<sha12>.py (written once, atomically). `knobs`
+    is one Knobs (every spec gets it) or, for a template with a knob table, a KnobTable (each
+    spec its own); None renders the template's seed table, or its default Knobs."""
     tdir = _template_dir(template)
-    knobs = knobs if knobs is not None else load_knobs(template)
+    if knobs is None:
+        knobs = load_table(template)
+    rows = []
+    if hasattr(knobs, "rows") and hasattr(knobs, "literal_rows"):  # a KnobTable
+        knobs, rows = knobs.default, knobs.literal_rows()
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(tdir)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
     try:
-        text = env.get_template(_TEMPLATE_FILE).render(knobs=knobs)
+        text = env.get_template(_TEMPLATE_FILE).render(knobs=knobs, rows=rows)
     except jinja2.TemplateError as exc:
         raise CompileError("render", f"{type(exc).__name__}: {exc}", str(tdir), getattr(exc, "lineno", None)) from None
     path = GENERATED_DIR / f"{template}_{source_hash(text)[:12]}.py"

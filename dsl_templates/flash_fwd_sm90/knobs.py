@@ -1,16 +1,21 @@
 """Knob space of the Hopper (sm_90a) FlashAttention forward seed kernel (`template.py.j2`).
 
-A `Knobs` instance is rendered into the template as literals; together with the source hash and
-the cutlass-dsl version it is the compile-cache key, hence frozen. `SPACE` declares the values each
+A `Knobs` instance is one assignment; a `KnobTable` gives each spec its own (a default Knobs and
+ordered override rows keyed on spec fields). The table is rendered into the template as Python
+literals (KNOBS, KNOBS_BY_SPEC), so one source serves every spec with its own choices; the source
+hash and the cutlass-dsl version are the compile-cache key. `SPACE` declares the values each
 field may take; a combination drawn from SPACE is either implemented correctly or rejected by the
 kernel's `can_implement(spec)` with a reason (e.g. shared memory or register budget).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import json
+from dataclasses import asdict, dataclass, fields, replace
 
-__all__ = ["Knobs", "SPACE", "DEFAULTS", "default_knobs", "smem_bytes"]
+from avo.spec import AttentionSpec
+
+__all__ = ["Knobs", "KnobTable", "SEED_TABLE", "SPACE", "default_knobs", "smem_bytes"]
 
 
 @dataclass(frozen=True)
@@ -52,35 +57,167 @@ SPACE: dict[str, tuple] = {
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 
-# Default knobs per head_dim: the fields that differ from Knobs(). Beside each row, the
-# measurement that justifies it.
-DEFAULTS: dict[int, dict] = {
+# The seed's knob table: one source serves every spec, each with its own knobs (KnobTable). Beside
+# each row, the measurement that justifies it.
+#
+# The default is d128's. H200 2026-11-22, bench/seed_vs_fa4.py, d128 suite (24 configs, bf16, 32k
+# tokens), same run: geomean 0.978x FA4 (min 0.941, GQA 32/8 causal s16k), cuDNN 0.906x. Variants
+# at MHA / GQA 32/8, s8k / s16k vs its 632-663 (full) and 599-614 (causal) TFLOPS: tile_n 176
+# 651-666 full (a candidate) but 596-625 causal; 3 stages 632-645 / 591-617; no pingpong 618-639 /
+# 585-631; an earlier run: P in smem, no overlap, tile_n 112 and tile_m 64 all lower (568-606,
+# 573-605, 555-627, 438-472).
+TABLE_DEFAULT = Knobs(head_swizzle=False)
+TABLE_ROWS = (
     # FA4's d64 tile. H200 2026-11-22 (bench/seed_vs_fa4.py, MHA 16h s8k bf16, TFLOPS):
     # full 524 vs FA4 534 (0.98x), causal 476 vs 496 (0.96x); tile_m 128 (240 regs): 427 / 442.
-    64: dict(tile_m=192, tile_n=128, mma_regs=160, producer_regs=32),
-    # H200 2026-11-22, bench/seed_vs_fa4.py, d128 suite (24 configs, bf16, 32k tokens), same
-    # run: geomean 0.978x FA4 (min 0.941, GQA 32/8 causal s16k), cuDNN 0.906x. Variants at
-    # MHA / GQA 32/8, s8k / s16k vs this row's 632-663 (full) and 599-614 (causal) TFLOPS:
-    # tile_n 176 651-666 full (a candidate) but 596-625 causal; 3 stages 632-645 / 591-617;
-    # no pingpong 618-639 / 585-631; an earlier run: P in smem, no overlap, tile_n 112 and
-    # tile_m 64 all lower (568-606, 573-605, 555-627, 438-472).
-    128: dict(tile_m=128, tile_n=128),
+    (dict(head_dim=64), dict(tile_m=192, mma_regs=160, producer_regs=32)),
     # FA4's d256 tile. H200 2026-11-22, MHA 16h s8k: full 677 vs FA4 712 (0.95x), causal 660
     # vs 677 (0.98x); tile_n 64: 680 / 656, the same within noise.
-    256: dict(tile_m=128, tile_n=80),
-}
+    (dict(head_dim=256), dict(tile_n=80)),
+    # The head-grouped CTA order for causal only. H200 2026-11-22, d128 s8k/s16k: non-causal with
+    # it 579-611 TFLOPS vs 632-663 without; causal without it 579-628 vs 599-614 with, a wash.
+    (dict(causal=True), dict(head_swizzle=True)),
+    # GQA packs the query heads of a KV head into one M tile where the group divides it: tile_m
+    # 128 (d128, d256) and 192 (d64).
+    (dict(qhead_per_kvhead=(2, 4, 8, 16, 32, 64)), dict(pack_gqa=True)),
+    (dict(head_dim=(128, 256), qhead_per_kvhead=128), dict(pack_gqa=True)),
+    (dict(head_dim=64, qhead_per_kvhead=(3, 6, 12, 24, 48, 96, 192)), dict(pack_gqa=True)),
+)
+
+SPEC_FIELDS = tuple(f.name for f in fields(AttentionSpec))  # what a row may match on
+
+
+@dataclass(frozen=True)
+class KnobTable:
+    """The knobs of one kernel source for every spec: `default`, then every row (match, overrides)
+    whose match holds for the spec, in order (later rows win). A match maps AttentionSpec fields to
+    a value or a tuple of values (any of); overrides map Knobs fields to values of SPACE. Built
+    from any sequences, kept normalized (match fields in spec order, value tuples sorted, overrides
+    in Knobs order), so equal tables compare, hash and serialize equal."""
+
+    default: Knobs = TABLE_DEFAULT
+    rows: tuple = ()
+
+    def __post_init__(self):
+        default = self.default
+        if isinstance(default, dict):
+            default = TABLE_DEFAULT.replace(**_checked_knobs(default, "default"))
+        elif not isinstance(default, Knobs):
+            raise ValueError(f"knob table default must be Knobs or a dict, not {type(default).__name__}")
+        _checked_knobs(asdict(default), "default")
+        rows = tuple(_checked_row(i, row) for i, row in enumerate(self.rows))
+        object.__setattr__(self, "default", default)
+        object.__setattr__(self, "rows", rows)
+
+    def for_spec(self, spec) -> Knobs:
+        values = {}
+        for match, overrides in self.rows:
+            if _matches(match, spec):
+                values.update(overrides)
+        return self.default.replace(**values)
+
+    def with_default(self, **values) -> KnobTable:
+        return KnobTable(self.default.replace(**_checked_knobs(values, "default")), self.rows)
+
+    def with_row(self, match: dict, overrides: dict) -> KnobTable:
+        """This table with the row of `match` replaced by (match, overrides), or appended."""
+        new = _checked_row(len(self.rows), (match, overrides))
+        rows = [new if m == new[0] else (m, o) for m, o in self.rows]
+        return KnobTable(self.default, rows if new in rows else [*rows, new])
+
+    def without_row(self, match: dict) -> KnobTable:
+        key = _checked_match(match, "match")
+        return KnobTable(self.default, [(m, o) for m, o in self.rows if m != key])
+
+    def as_dict(self) -> dict:
+        """JSON-ready: {"default": {...}, "rows": [[match, overrides], ...]} (a tuple in a match is
+        a list); what the lineage records."""
+        return {"default": asdict(self.default),
+                "rows": [[{k: list(v) if isinstance(v, tuple) else v for k, v in m.items()}, dict(o)]
+                         for m, o in self.rows]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> KnobTable:
+        """From as_dict()'s form, or from a flat knobs dict (one assignment for every spec, as
+        lineage nodes recorded before tables: no rows; fields it lacks from TABLE_DEFAULT)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"knob table must be a dict, not {type(data).__name__}")
+        if set(data) <= {"default", "rows"} and data:
+            return cls(data.get("default", {}), data.get("rows", ()))
+        return cls(data, ())
+
+    def key(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def literal_rows(self) -> list[str]:
+        """Each row as the Python literal the template renders: (dict(a=1), dict(b=True))."""
+        def lit(d):
+            return "dict(" + ", ".join(f"{k}={v!r}" for k, v in d.items()) + ")"
+
+        return [f"({lit(m)}, {lit(o)})" for m, o in self.rows]
+
+
+def _matches(match: dict, spec) -> bool:
+    return all(getattr(spec, name) in (v if isinstance(v, tuple) else (v,)) for name, v in match.items())
+
+
+def _checked_knobs(values: dict, where: str) -> dict:
+    names = [f.name for f in fields(Knobs)]
+    for name, value in values.items():
+        if name not in SPACE:
+            raise ValueError(f"knob table {where}: unknown knob {name!r}; knobs: {', '.join(names)}")
+        if value not in SPACE[name] or isinstance(value, bool) != isinstance(SPACE[name][0], bool):
+            raise ValueError(f"knob table {where}: {name}={value!r} not in {list(SPACE[name])}")
+    return {name: values[name] for name in names if name in values}
+
+
+def _checked_row(i: int, row) -> tuple[dict, dict]:
+    where = f"row {i}"
+    try:
+        match, overrides = row
+    except (TypeError, ValueError):
+        raise ValueError(f"knob table {where}: a row is (match, overrides), got {row!r}") from None
+    if not isinstance(match, dict) or not isinstance(overrides, dict):
+        raise ValueError(f"knob table {where}: match and overrides must be dicts, got {row!r}")
+    if not overrides:
+        raise ValueError(f"knob table {where}: overrides nothing")
+    return _checked_match(match, where), _checked_knobs(overrides, where)
+
+
+def _checked_match(match: dict, where: str) -> dict:
+    """The match normalized: fields in AttentionSpec order, a tuple of values sorted (one value
+    alone is kept bare), each value one an AttentionSpec accepts for its field."""
+    unknown = [name for name in match if name not in SPEC_FIELDS]
+    if unknown:
+        raise ValueError(f"knob table {where}: unknown spec field {unknown[0]!r} in match; fields: "
+                         f"{', '.join(SPEC_FIELDS)}")
+    base, out = AttentionSpec(), {}
+    for name in (n for n in SPEC_FIELDS if n in match):
+        value = match[name]
+        values = tuple(value) if isinstance(value, list | tuple) else (value,)
+        if not values:
+            raise ValueError(f"knob table {where}: {name} matches no value")
+        for v in values:
+            try:
+                ok = type(v) is type(getattr(base, name)) and AttentionSpec(**{name: v}) is not None
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"knob table {where}: {name}={v!r} is not a valid AttentionSpec {name}")
+        values = tuple(sorted(set(values)))
+        out[name] = values if len(values) > 1 else values[0]
+    return out
+
+
+SEED_TABLE = KnobTable(TABLE_DEFAULT, TABLE_ROWS)
 
 
 def default_knobs(spec) -> Knobs:
-    """Knobs for an `avo.spec.AttentionSpec`: the DEFAULTS row of the nearest head_dim at or above
-    spec.head_dim; GQA packs query heads when the group divides the M tile; the head-grouped CTA
-    order only for causal (H200 2026-11-22, d128 s8k/s16k: non-causal with it 579-611 TFLOPS vs
-    632-663 without; causal without it 579-628 vs 599-614 with, a wash)."""
-    hd = min((h for h in DEFAULTS if h >= spec.head_dim), default=max(DEFAULTS))
-    k = Knobs(**DEFAULTS[hd], head_swizzle=spec.causal)
-    if spec.qhead_per_kvhead > 1 and k.tile_m % spec.qhead_per_kvhead == 0:
-        k = k.replace(pack_gqa=True)
-    return k
+    """Knobs for an `avo.spec.AttentionSpec`: the seed table's (TABLE_ROWS says why)."""
+    return SEED_TABLE.for_spec(spec)
 
 
 def smem_bytes(head_dim: int, elem_bytes: int, k: Knobs) -> int:
