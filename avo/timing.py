@@ -5,7 +5,7 @@ back to back in a random order, on the same inputs; one such round gives each co
 sample, and candidate/incumbent samples of a round form a pair whose ratio cancels whatever drifts
 (clocks, temperature, neighbours). A sample is
 
-    poison every output buffer of the contender (NaN) -> flush L2 -> event -> n launches -> event
+    poison every output buffer of the contender (NaN) -> flush L2 -> GPU spin -> event -> n launches -> event
 
 with n chosen so that a sample lasts at least MIN_SAMPLE_MS (launch overhead must not dominate a
 short config), each of the n launches writing a buffer of its own (a kernel that finds a previous
@@ -17,6 +17,15 @@ skips work or serves stale output while timed fails there. After every sample th
 synchronized: a candidate whose work goes on after its timed calls returned (another stream, which
 the events miss) is caught by the wait, and cannot slow the next kernel's sample. Each round reads
 NVML telemetry; rounds taken while the GPU throttled itself are flagged (avo.telemetry).
+
+The device sync after every sample leaves the GPU idle while the host enqueues the next sample, so
+without care a sample would also time the host: the gap between its start event and its first
+kernel, i.e. the contender's Python launch path (FA4's interface takes far longer to launch than a
+tvm-ffi call), which made FA4 and cuDNN read up to 14% slower than they run. So the GPU spins
+(torch.cuda._sleep) between the flush and the start event for longer than the host takes to enqueue
+the sample's launches; the spin is the same for every contender of a config (the longest host time
+measured at calibration, doubled), and a sample whose launches took the host longer than the spin
+lengthens it for the rest of the measurement and is counted (`host_bound_samples`).
 
 Baselines measured in the same rounds: FA4 (flash_attn.cute, extra `baselines`), cuDNN and FA2
 (torch SDPA with the CUDNN_ATTENTION and FLASH_ATTENTION backends).
@@ -42,6 +51,8 @@ MIN_SAMPLE_MS = 1.0  # a sample of a short config repeats the launch until it la
 _ROTATE = 3  # at least this many output buffers per kernel, used in turn by consecutive launches
 _CHECK_ROWS = 128  # query rows of the reference spot check in each block
 _L2_FLUSH_BYTES = 256 << 20  # larger than any L2 (H100 50 MB, B200 126 MB)
+_SPIN_CLOCK_HZ = 2.0e9  # cycles per second assumed for the spin: at or above any boost clock, so it lasts >= asked
+_SPIN_MIN_S = 50e-6  # the spin also covers the event record and the first launch's own latency
 
 # Dense BF16/FP16 tensor-core peak by device name (vendor datasheets, without sparsity). A kernel
 # that "beats" this is a timing bug or skipped work, never a win.
@@ -82,6 +93,7 @@ class Measurement:
     power_capped: int = 0  # rounds under the software power cap (kept)
     telemetry: dict = field(default_factory=dict)  # min/max SM clock, max temperature and power; or why not
     missing: dict = field(default_factory=dict)  # baseline -> why it was not measured
+    host_bound: int = 0  # samples whose launches took the host longer than the GPU spin ahead of them
 
     def pairs(self, a: str = "incumbent", b: str = "candidate") -> dict:
         """{config: [(t_a, t_b), ...]} for avo.stats.paired_ratio."""
@@ -110,6 +122,7 @@ class Measurement:
 
     def summary(self) -> dict:
         return {"rounds": {c: len(f) for c, f in self.flags.items()}, "launches": self.launches,
+                "host_bound_samples": self.host_bound,
                 "checks": self.checks, "excluded_rounds": sum(sum(f) for f in self.flags.values()),
                 "power_capped_rounds": self.power_capped, "telemetry": self.telemetry,
                 "missing_baselines": self.missing}
@@ -150,6 +163,7 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
                 for name in order:
                     ms[name] = state.sample(name, flush)
                     state.lagged[name] = state.lagged.get(name, 0) + _lags(ms[name][1])
+                    result.host_bound += state.host_bound_last
                 reading = telemetry.read() if telemetry is not None else None
                 readings.append(reading)
                 for name in order:
@@ -196,7 +210,12 @@ class _ConfigState:
                 self.contenders[name] = lambda o, lse, fn=fn: fn()
         result.times[config.name] = {}
         result.flags[config.name] = []
-        self.launches = self._calibrate()
+        self.host_bound_last = 0
+        self.launches, host_s, self.gpu_s = self._calibrate()
+        # the GPU spins this long before each sample's start event, the same for every contender
+        # (see the module doc): long enough that the launches already queued keep it busy until the
+        # slowest contender's host has enqueued the last one
+        self.spin_s = max(_SPIN_MIN_S, 2.0 * self._uncovered(host_s * self.launches))
         result.launches[config.name] = self.launches
         for name in self.buffers:  # a buffer of its own for every launch of a sample: none is written twice
             self.buffers[name] += [self._output_buffers() for _ in range(max(_ROTATE, self.launches) - 1)]
@@ -224,13 +243,23 @@ class _ConfigState:
         flush.zero_()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         run = self.contenders[name]
+        torch.cuda._sleep(int(self.spin_s * _SPIN_CLOCK_HZ))
+        t0 = time.perf_counter()
         start.record()
         for _ in range(self.launches):
             o, lse = buffers[self.turn.get(name, 0) % len(buffers)] if buffers else (None, None)
             self.turn[name] = self.turn.get(name, 0) + 1
             run(o, lse)
         end.record()
+        uncovered = self._uncovered(time.perf_counter() - t0)
+        self.host_bound_last = int(uncovered > self.spin_s)
+        if self.host_bound_last:  # the GPU may have waited for the host: spin longer from now on
+            self.spin_s = 2.0 * uncovered
         return start, end
+
+    def _uncovered(self, host_s: float) -> float:
+        """Host time to enqueue a sample that the sample's own earlier launches do not cover."""
+        return max(0.0, host_s - (self.launches - 1) * self.gpu_s)
 
     def check_last(self, name: str, verify, rng) -> None:
         o, lse = self.buffers[name][(self.turn[name] - 1) % len(self.buffers[name])]
@@ -251,19 +280,29 @@ class _ConfigState:
             raise TimedOutputError(f"{self.config.name}: a timed call's output is wrong (rows {rows[0]}-{rows[1]}): "
                                    f"{diagnosis}")
 
-    def _calibrate(self) -> int:
-        """Warm every contender up, then pick launches per sample from the slowest one's time."""
-        longest = 0.0
+    def _calibrate(self) -> tuple[int, float, float]:
+        """Warm every contender up, then pick launches per sample from the slowest one's GPU time.
+        Also returns the longest host time one launch took (enqueueing, not running) and the
+        shortest GPU time of one launch, in seconds."""
+        longest, shortest, host_s = 0.0, math.inf, 0.0
         for name, run in self.contenders.items():
             o, lse = self.buffers[name][0] if name in self.buffers else (None, None)
+            run(o, lse)  # warm: a baseline's first call may compile
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
             run(o, lse)
+            host_s = max(host_s, time.perf_counter() - t0)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            torch.cuda._sleep(int((_SPIN_MIN_S + 2.0 * host_s) * _SPIN_CLOCK_HZ))
             start.record()
             run(o, lse)
             end.record()
             torch.cuda.synchronize()
             longest = max(longest, start.elapsed_time(end))
-        return max(1, min(64, math.ceil(MIN_SAMPLE_MS / max(longest, 1e-3))))
+            shortest = min(shortest, start.elapsed_time(end))
+        launches = max(1, min(64, math.ceil(MIN_SAMPLE_MS / max(longest, 1e-3))))
+        return launches, host_s, (shortest if shortest < math.inf else 0.0) * 1e-3
 
 
 _LAG_S = 200e-6  # a device sync right after the end event takes ~10-30 us when nothing else runs
