@@ -58,6 +58,7 @@ __all__ = [
     "load_knobs",
     "load_table",
     "render",
+    "seed_knobs",
     "source_hash",
 ]
 
@@ -170,6 +171,18 @@ def load_table(template: str, values: dict | None = None):
         return space.SEED_TABLE
     try:
         return space.KnobTable.from_dict(values)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (template {template})") from None
+
+
+def seed_knobs(template: str, overrides: dict | None = None, spec: AttentionSpec | None = None):
+    """What a run's seed is rendered from: the template's seed table with `overrides` on its
+    default row, or, for a template without a table, load_knobs(template, overrides, spec)."""
+    table = load_table(template)
+    if not hasattr(table, "with_default"):
+        return load_knobs(template, overrides, spec)
+    try:
+        return table.with_default(**(overrides or {}))
     except ValueError as exc:
         raise ValueError(f"{exc} (template {template})") from None
 

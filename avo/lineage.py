@@ -41,6 +41,8 @@ class Candidate:
     operator: str = "seed"  # seed | knobs | agent | manual
     status: str = "pending"
     template: str | None = None
+    # the knobs its template was rendered with: one flat assignment, or a per-spec knob table
+    # {"default": {...}, "rows": [[match, overrides], ...]} (avo.jit.load_table reads both)
     knobs: dict = field(default_factory=dict)
     source_hash: str = ""
     source_path: str = ""  # where the source lives: archive/sources/<id>.py once committed

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from avo.spec import AttentionSpec
 
-__all__ = ["Knobs", "KnobTable", "SEED_TABLE", "SPACE", "default_knobs", "smem_bytes"]
+__all__ = ["Knobs", "KnobTable", "SEED_TABLE", "SPACE", "default_knobs", "effective", "smem_bytes"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,11 @@ class KnobTable:
         rows = [new if m == new[0] else (m, o) for m, o in self.rows]
         return KnobTable(self.default, rows if new in rows else [*rows, new])
 
+    def row(self, match: dict) -> dict:
+        """The overrides of the row of `match` ({} when the table has none)."""
+        key = _checked_match(match, "match")
+        return next((dict(o) for m, o in self.rows if m == key), {})
+
     def without_row(self, match: dict) -> KnobTable:
         key = _checked_match(match, "match")
         return KnobTable(self.default, [(m, o) for m, o in self.rows if m != key])
@@ -213,6 +218,12 @@ def _checked_match(match: dict, where: str) -> dict:
 
 
 SEED_TABLE = KnobTable(TABLE_DEFAULT, TABLE_ROWS)
+
+
+def effective(knobs: Knobs, spec) -> Knobs:
+    """The knobs as the kernel acts on them for `spec`: pack_gqa means nothing without GQA. Two
+    assignments equal here compile to the same kernel (the knob operator never proposes both)."""
+    return knobs.replace(pack_gqa=False) if spec.qhead_per_kvhead == 1 else knobs
 
 
 def default_knobs(spec) -> Knobs:
