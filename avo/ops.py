@@ -9,6 +9,13 @@ causal, GQA ratio): the committed archive nodes of that arch, newest (the incumb
 first whose source compiles for the spec; where none does, the arch's seed template with its default knobs.
 It is compiled (or loaded from the disk cache, avo.jit) on first use and kept for the process.
 
+An eager call that wants no gradient (a model's inference step) skips the op's dispatcher and
+autograd wrapper, and once an `Attention` has checked a call's metadata (shapes, strides, dtypes,
+devices, causal, scale) it keeps what the launch needs under that metadata, so the next such call
+pays a dictionary lookup, an alignment test and the allocation of out before the launch (a
+bounded cache: `_MAX_PLANS` per object, oldest out first; bench/op_overhead.py measures the rest).
+A small lse that the caller does not ask for goes to a per-device scratch that is never read.
+
 The launch is the op `avo::attention_fwd`, defined with `torch.library.Library` (define, impl,
 register_fake: torch's low-level registration, which costs microseconds where `custom_op` paid
 seconds of lazy imports on a process's first call), so `torch.compile(fullgraph=True)` traces
@@ -26,9 +33,11 @@ import functools
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
+import avo
 from avo import jit
 from avo.lineage import LineageError, read_nodes
 from avo.spec import AttentionSpec
@@ -58,6 +67,7 @@ class Attention:
         self.handle = f"{node_id or ''}@{self.archive}"
         self.chosen: dict[tuple[AttentionSpec, str], str] = {}  # (spec, arch) -> node id or seed
         self._kernels: dict[tuple[AttentionSpec, str], jit.CompiledKernel] = {}
+        self._plans: dict[tuple, _Plan] = {}  # a validated call's metadata -> what its launch needs
         if node_id is not None:  # fail at load time, not at the first call
             node = self._node(node_id)
             if node.status != "committed":
@@ -222,7 +232,59 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
 # the op
 
 
+_MAX_PLANS = 128  # metadata keys kept per Attention: shapes a model cycles through, bounded for varlen
+
+
+class _Plan(NamedTuple):
+    """What a launch needs for one validated call metadata (shapes, strides, dtypes, devices,
+    causal, scale): everything but the tensors' data pointers."""
+
+    fn: object  # the compiled kernel's tvm_ffi function
+    index: int  # the CUDA device it runs on
+    out_shape: tuple[int, ...]  # out and lse are dense, row-major: (shape, strides) for empty_strided
+    out_stride: tuple[int, ...]
+    lse_shape: tuple[int, ...]
+    lse_stride: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+    scale: float
+    lse_scratch: torch.Tensor | None  # where lse goes when the caller does not want it
+
+
+# lse is written by every launch; a call that does not return it writes it into this per-device
+# scratch: one allocation and free fewer, ~2 us of host time on the H100 host. It is never freed,
+# so it outlives every launch in flight and every CUDA graph that captured one, and nothing reads
+# it, so launches on several streams may write it at once
+_LSE_SCRATCH_NUMEL = 1 << 14  # floats (64 KiB per device): the small calls, where host time matters
+_LSE_SCRATCH: dict[torch.device, torch.Tensor] = {}
+
+
+# the current CUDA device without torch.cuda.current_device()'s lazy-init check (a plan exists
+# only for CUDA tensors, so CUDA is initialized wherever it is called)
+_cuda_device = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+
+
 def _call(handle, q, k, v, causal, softmax_scale, return_lse):
+    causal = bool(causal)
+    if (type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor
+            and (softmax_scale is None or type(softmax_scale) is float) and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
+        # eager and no gradient wanted: the hot path of a model. _check reads metadata only, so a
+        # call whose metadata this Attention validated before needs no check but the data
+        # pointers' alignment, nor the dispatcher or autograd wrapper (~20 us, bench/op_overhead.py)
+        key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype,
+               q.device, k.device, v.device, causal, softmax_scale)
+        owner = _INSTANCES.get(handle) or _instance(handle)
+        plan = owner._plans.get(key) or _plan(owner, key, q, k, v)
+        if plan is not None and not (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15 and _cuda_device() == plan.index:
+            # empty_strided: torch.empty's argument parsing costs ~0.8 us more per call
+            out = torch.empty_strided(plan.out_shape, plan.out_stride, dtype=plan.dtype, device=plan.device)
+            lse = plan.lse_scratch
+            if return_lse or lse is None:
+                lse = torch.empty_strided(plan.lse_shape, plan.lse_stride, dtype=torch.float32, device=plan.device)
+            plan.fn(q, k, v, out, lse, plan.scale)
+            return (out, lse) if return_lse else out
+    # everything else (errors, empty inputs, another current device, tracing, autograd) as before
     if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
         _check(q, k, v)  # the one-line error, not the dispatcher's schema message
     if softmax_scale is None:
@@ -231,11 +293,9 @@ def _call(handle, q, k, v, causal, softmax_scale, return_lse):
         raise TypeError(f"{_WHO}: softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
     # the op itself (and its fake, under torch.compile) checks q, k, v: once per call, not twice
     if _eager_no_grad(q, k, v):
-        # plain CUDA tensors, no gradient, not traced: the op's dispatcher and autograd wrapper add
-        # nothing here but ~20 us of host time per call (bench/op_overhead.py), so call its body
-        out, lse = _attention_fwd(q, k, v, bool(causal), float(softmax_scale), handle)
+        out, lse = _attention_fwd(q, k, v, causal, float(softmax_scale), handle)
     else:
-        out, lse = torch.ops.avo.attention_fwd(q, k, v, bool(causal), float(softmax_scale), handle)
+        out, lse = torch.ops.avo.attention_fwd(q, k, v, causal, float(softmax_scale), handle)
     return (out, lse) if return_lse else out
 
 
@@ -245,6 +305,57 @@ def _eager_no_grad(q, k, v) -> bool:
     if q.device.type != "cuda" or torch.compiler.is_compiling():
         return False
     return not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+
+
+def _plan(owner: Attention, key: tuple, q, k, v) -> _Plan | None:
+    """Validate a call with `key`'s metadata in full and remember what its launch needs; None
+    (nothing kept) for what the fast path does not take: input _check refuses (the general path
+    raises its error), tensors that are not CUDA (meta goes to the fake), empty inputs."""
+    try:
+        dtype, head_dim, group = _check(q, k, v)
+    except (TypeError, ValueError):
+        return None
+    if q.numel() == 0 or k.shape[1] == 0:
+        return None
+    causal, softmax_scale = key[-2], key[-1]
+    index = q.device.index
+    compiled = _kernel_for(owner, _spec(dtype, head_dim, group, causal), index)
+    batch, seqlen_q, heads_q, _ = q.shape
+    out_shape, lse_shape = tuple(q.shape), (batch, heads_q, seqlen_q)
+    lse_stride = _dense_strides(lse_shape)
+    plan = _Plan(compiled.fn, index, out_shape, _dense_strides(out_shape), lse_shape, lse_stride, q.dtype, q.device,
+                 1.0 / math.sqrt(head_dim) if softmax_scale is None else softmax_scale,
+                 _lse_scratch(q.device, lse_shape, lse_stride))
+    plans = owner._plans
+    if len(plans) >= _MAX_PLANS:
+        plans.pop(next(iter(plans), None), None)  # the oldest
+    plans[key] = plan
+    return plan
+
+
+def _lse_scratch(device: torch.device, shape: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor | None:
+    """A view of the device's lse scratch shaped (shape, stride), or None where it is too small
+    (or would first be allocated inside a CUDA-graph capture, which would tie it to the graph)."""
+    if math.prod(shape) > _LSE_SCRATCH_NUMEL:
+        return None
+    scratch = _LSE_SCRATCH.get(device)
+    if scratch is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        with torch.inference_mode(False):  # a plain tensor, usable in and out of inference mode
+            scratch = _LSE_SCRATCH.setdefault(device, torch.empty(_LSE_SCRATCH_NUMEL, dtype=torch.float32,
+                                                                        device=device))
+    with torch.inference_mode(False):
+        return scratch.as_strided(shape, stride)
+
+
+def _dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major strides, as torch.empty(shape) lays a tensor out."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 def _varlen(handle, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, softmax_scale, return_lse):
@@ -351,8 +462,18 @@ def _attention_fwd(q, k, v, causal: bool, softmax_scale: float, kernel: str):
             raise ValueError(f"{_WHO}: {name}'s data is not 16-byte aligned (a view at an odd offset); "
                              f"pass {name}.clone()")
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    compiled = _kernel_for(_INSTANCES.get(kernel) or _instance(kernel), spec, index)
+    if index == torch.cuda.current_device():  # the common case: no device switch on the hot path
+        compiled.fn(q, k, v, out, lse, softmax_scale)
+    else:
+        with torch.cuda.device(index):
+            compiled.fn(q, k, v, out, lse, softmax_scale)
+    return out, lse
+
+
+def _kernel_for(owner: Attention, spec: AttentionSpec, index: int) -> jit.CompiledKernel:
+    """The owner's kernel for `spec` on CUDA device `index`, compiled or loaded on first use."""
     arch = _device_arch(index)
-    owner = _INSTANCES.get(kernel) or _instance(kernel)
     compiled = owner._kernels.get((spec, arch))
     if compiled is None:
         if torch.cuda.is_current_stream_capturing():
@@ -360,12 +481,7 @@ def _attention_fwd(q, k, v, causal: bool, softmax_scale: float, kernel: str):
                                "captured; call avo.ops.prepare(q, k, v, causal=...) before capturing")
         with torch.cuda.device(index):
             compiled = owner.kernel(spec, arch)
-    if index == torch.cuda.current_device():  # the common case: no device switch on the hot path
-        compiled.fn(q, k, v, out, lse, softmax_scale)
-    else:
-        with torch.cuda.device(index):
-            compiled.fn(q, k, v, out, lse, softmax_scale)
-    return out, lse
+    return compiled
 
 
 def _attention_fwd_fake(q, k, v, causal, softmax_scale, kernel):
@@ -422,3 +538,9 @@ _LIB.impl("attention_bwd", _attention_bwd, "CompositeExplicitAutograd")
 torch.library.register_fake("avo::attention_fwd", _attention_fwd_fake, lib=_LIB)
 torch.library.register_fake("avo::attention_bwd", _attention_bwd_fake, lib=_LIB)
 torch.library.register_autograd("avo::attention_fwd", _backward, setup_context=_setup_context, lib=_LIB)
+
+# `avo.attention` is found through the package's module __getattr__ (so that `import avo` stays
+# cheap), which runs on every access: ~0.7 us of each model call. Once this module is loaded, the
+# package's public names are plain attributes instead.
+for _name in avo.__all__:
+    setattr(avo, _name, globals()[_name])

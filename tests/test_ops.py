@@ -1,6 +1,7 @@
 """avo.attention as a torch op: fake shapes, input errors and kernel choice here; numbers,
 opcheck, torch.compile and CUDA graphs on a GPU."""
 
+import json
 import math
 import subprocess
 import sys
@@ -99,6 +100,148 @@ def test_bad_input_is_a_one_line_error(case):
     with pytest.raises(error) as exc:
         avo.attention(*args)
     assert str(exc.value) == message
+
+
+@pytest.fixture
+def planned(monkeypatch, tmp_path):
+    """An Attention whose kernels are a stand-in that fills out with the scale it was given and lse
+    with 7, on CPU tensors (_check told to accept them): the eager no-grad path runs as on a GPU.
+    Returns (owner, launches, checks): each launch's (out, lse, scale), each _check call's args."""
+    owner = ops.load(None, tmp_path / "archive")
+    launches, checks = [], []
+
+    def kernel(q, k, v, out, lse, scale):
+        out.fill_(scale)
+        lse.fill_(7.0)
+        launches.append((out, lse, scale))
+
+    for dtype in ("bf16", "fp16"):
+        for head_dim in ops.HEAD_DIMS:
+            for causal in (False, True):
+                for group in (1, 2, 4):
+                    spec = AttentionSpec(dtype=dtype, head_dim=head_dim, causal=causal, qhead_per_kvhead=group)
+                    owner._kernels[(spec, "sm_90a")] = jit.CompiledKernel(
+                        key="stand-in", arch="sm_90a", spec=spec, source=None, artifact_dir=None, report={},
+                        from_cache=True, fn=kernel)
+    real = ops._check
+
+    def check(q, k, v, devices=("cuda",)):
+        checks.append((q, k, v))
+        return real(q, k, v, devices=(*devices, "cpu") if "cuda" in devices else devices)
+
+    monkeypatch.setattr(ops, "_check", check)
+    monkeypatch.setattr(ops, "_cuda_device", lambda: None)  # a CPU tensor's device index
+    monkeypatch.setattr(ops, "_LSE_SCRATCH", {})
+    monkeypatch.setitem(ops._ARCHS, None, "sm_90a")
+    return owner, launches, checks
+
+
+def test_a_validated_call_is_served_from_its_plan_without_a_check(planned):
+    owner, launches, checks = planned
+    q, k, v = _bf16(2, 16, 4, 64), _bf16(2, 24, 2, 64), _bf16(2, 24, 2, 64)
+    out, lse = owner(q, k, v, causal=True, return_lse=True)
+    assert len(checks) == 1 and len(owner._plans) == 1
+    # fresh tensors, same metadata: served from the plan, no check; the kernel gets what it got before
+    q, k, v = (t.clone() for t in (q, k, v))
+    again = owner(q, k, v, causal=True)
+    assert len(checks) == 1 and len(launches) == 2 and launches[1][0] is again
+    assert again.shape == q.shape and again.stride() == q.stride() and again.dtype == torch.bfloat16
+    assert launches[1][2] == 1 / math.sqrt(64) and torch.equal(again, torch.full_like(q, 1 / math.sqrt(64)))
+    out, lse = owner(q, k, v, causal=True, return_lse=True)
+    assert (lse.shape, lse.dtype, lse.stride()) == ((2, 4, 16), torch.float32, (64, 16, 1))
+    assert bool((lse == 7.0).all()) and launches[2][1] is lse and len(checks) == 1
+    owner(q, k, v, causal=True, softmax_scale=0.3)  # another scale: another plan, validated
+    assert len(checks) == 2 and launches[3][2] == 0.3 and len(owner._plans) == 2
+
+
+def test_an_lse_nobody_asked_for_goes_to_the_scratch_and_a_wanted_one_never_does(planned):
+    owner, launches, _ = planned
+    small, large = _bf16(2, 16, 4, 64), _bf16(1, ops._LSE_SCRATCH_NUMEL // 4 + 1, 4, 64)
+    for q in (small, small, large):
+        owner(q, q, q)
+    scratch = ops._LSE_SCRATCH[small.device]
+    assert scratch.shape == (ops._LSE_SCRATCH_NUMEL,) and scratch.dtype == torch.float32
+    first, again, too_large = (lse for _, lse, _ in launches)
+    assert first.data_ptr() == again.data_ptr() == scratch.data_ptr() and first.shape == (2, 4, 16)
+    assert too_large.data_ptr() != scratch.data_ptr() and too_large.shape == (1, 4, ops._LSE_SCRATCH_NUMEL // 4 + 1)
+    _, lse = owner(small, small, small, return_lse=True)
+    assert launches[-1][1] is lse and lse.untyped_storage().data_ptr() != scratch.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("change", ["strides", "dtype", "device", "k shape", "causal", "scale"])
+def test_the_plan_cache_never_serves_metadata_it_did_not_validate(planned, change):
+    """A call that differs from a validated one in any metadata _check reads is checked in full."""
+    owner, launches, checks = planned
+    q, k = _bf16(2, 16, 4, 64), _bf16(2, 16, 4, 64)
+    owner(q, k, k)
+    owner(q, k, k)
+    assert len(checks) == 1 and len(launches) == 2
+    kwargs = {}
+    if change == "strides":  # the same shape laid out (batch, heads, seqlen, head_dim)
+        q = _bf16(2, 4, 16, 64).transpose(1, 2)
+    elif change == "dtype":
+        q, k = q.half(), k.half()
+    elif change == "device":  # meta tensors: the fake, no kernel
+        q, k = q.to("meta"), k.to("meta")
+    elif change == "k shape":
+        k = _bf16(2, 32, 4, 64)
+    else:
+        kwargs = {"causal": True} if change == "causal" else {"softmax_scale": 0.5}
+    out = owner(q, k, k, **kwargs)
+    assert len(checks) == (3 if change == "device" else 2) and out.shape == q.shape  # meta: refused, then the fake
+    assert len(launches) == (2 if change == "device" else 3)
+    assert len(owner._plans) == (1 if change == "device" else 2)
+
+
+_SAME_SHAPE_BAD = {  # each has the shapes of (_Q, _Q, _Q), which is validated first
+    "last dim": ((_bf16(2, 16, 4, 128)[..., ::2], _Q, _Q), ValueError, _BAD["last dim"][2]),
+    "stride": ((_Q, _bf16(2, 16, 4, 68)[..., :64], _Q), ValueError, _BAD["stride"][2]),
+    "dtype": ((_Q, _Q, _Q.float()), TypeError,
+              "avo.attention: v has dtype torch.float32; the kernels take torch.bfloat16 or torch.float16"),
+    "devices": ((_Q, _Q, _Q.to("meta")), ValueError,
+                "avo.attention: q, k, v must be on one device, got cpu, cpu, meta"),
+    "alignment": ((_Q, torch.zeros(_Q.numel() + 1, dtype=torch.bfloat16)[1:].view(_Q.shape), _Q), ValueError,
+                  "avo.attention: k's data is not 16-byte aligned (a view at an odd offset); pass k.clone()"),
+}
+
+
+@pytest.mark.parametrize("case", list(_SAME_SHAPE_BAD))
+def test_bad_input_with_the_shapes_of_a_validated_call_still_raises_its_error(planned, case):
+    owner, launches, _ = planned
+    owner(_Q, _Q, _Q)
+    args, error, message = _SAME_SHAPE_BAD[case]
+    assert all(t.shape == _Q.shape for t in args)
+    for _ in range(2):  # nor is it kept for the next time
+        with pytest.raises(error) as exc:
+            owner(*args)
+        assert str(exc.value) == message
+    assert len(launches) == 1 and len(owner._plans) == 1
+
+
+def test_the_plan_cache_is_bounded_and_evicts_the_oldest(planned):
+    owner, launches, checks = planned
+    k = _bf16(1, 8, 1, 64)
+    for seqlen in range(1, ops._MAX_PLANS + 11):
+        owner(_bf16(1, seqlen, 1, 64), k, k)
+    assert len(owner._plans) == ops._MAX_PLANS and len(checks) == ops._MAX_PLANS + 10
+    kept = sorted(key[0][1] for key in owner._plans)
+    assert kept == list(range(11, ops._MAX_PLANS + 11))  # the first ten went
+    owner(_bf16(1, ops._MAX_PLANS + 10, 1, 64), k, k)  # kept: no check
+    owner(_bf16(1, 1, 1, 64), k, k)  # evicted: checked again
+    assert len(checks) == ops._MAX_PLANS + 11 and len(owner._plans) == ops._MAX_PLANS
+
+
+def test_empty_and_gradient_calls_keep_no_plan(planned, monkeypatch):
+    owner, launches, checks = planned
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)  # the op's path on a CPU tensor
+    out, lse = owner(_bf16(2, 0, 4, 64), _Q, _Q, return_lse=True)
+    assert out.shape == (2, 0, 4, 64) and lse.shape == (2, 4, 0)
+    out, lse = owner(_Q, _bf16(2, 0, 4, 64), _bf16(2, 0, 4, 64), return_lse=True)
+    assert not out.any() and bool((lse == -math.inf).all())
+    q = _Q.clone().requires_grad_()
+    out = owner(q, _Q, _Q)  # through the op and its autograd wrapper
+    assert out.grad_fn is not None and len(launches) == 1
+    assert owner._plans == {}
 
 
 def test_bad_softmax_scale_is_a_type_error():
@@ -247,17 +390,23 @@ def test_op_matches_the_fp32_reference(shape, causal):
 
 @pytest.mark.gpu
 def test_the_eager_fast_path_and_the_op_give_the_same_bits(monkeypatch):
-    """Without gradients, eager calls skip the dispatcher; with them (or traced) they go through the op."""
+    """Without gradients, eager calls skip the dispatcher, and once their metadata is validated the
+    check too; with gradients (or traced) they go through the op."""
     q, k, v = _inputs(2, 300, 517, 8, 2, 128)
-    fast = avo.attention(q, k, v, causal=True, return_lse=True)
+    first = avo.attention(q, k, v, causal=True, return_lse=True)  # checked, compiled or loaded, planned
+    checks = []
+    check = ops._check
+    monkeypatch.setattr(ops, "_check", lambda *a, **kw: checks.append(a) or check(*a, **kw))
+    fast = avo.attention(q.clone(), k.clone(), v.clone(), causal=True, return_lse=True)
+    assert checks == []  # served from the plan
     through_op = torch.ops.avo.attention_fwd(q, k, v, True, 1 / math.sqrt(128), "")
-    assert all(torch.equal(a, b) for a, b in zip(fast, through_op, strict=True))
-    taken = []
-    monkeypatch.setattr(ops, "_attention_fwd", lambda *a: taken.append(a) or through_op)
-    avo.attention(q, k, v, causal=True)
-    assert len(taken) == 1  # the fast path
+    assert len(checks) == 1
+    for a, b, c in zip(first, fast, through_op, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    avo.attention(q.transpose(1, 2).contiguous().transpose(1, 2), k, v, causal=True)  # new strides: checked
+    assert len(checks) == 2
     avo.attention(q.requires_grad_(), k, v, causal=True)
-    assert len(taken) == 1  # a gradient is wanted: through the op (which calls its own impl, not the patched name)
+    assert len(checks) == 3  # a gradient is wanted: through the op, which checks
 
 
 @pytest.mark.gpu
@@ -327,6 +476,29 @@ def test_cuda_graph_replay_gives_the_same_numbers():
         eager_out, eager_lse = avo.attention(q, k, v, causal=True, return_lse=True)
         assert torch.equal(out, eager_out) and torch.equal(lse, eager_lse)
         _assert_matches_reference(out, lse, q, k, v, True, 1 / math.sqrt(128))
+
+
+@pytest.mark.gpu
+def test_calls_that_do_not_want_lse_give_the_same_out_eager_and_in_a_graph():
+    """Their lse goes to the device's scratch (shared by every such call, never read): out is the same."""
+    q, k, v = _inputs(2, 256, 320, 8, 2, 128)
+    ops.prepare(q, k, v, causal=True)
+    with_lse, _ = avo.attention(q, k, v, causal=True, return_lse=True)
+    assert torch.equal(avo.attention(q, k, v, causal=True), with_lse)
+    assert q.device in ops._LSE_SCRATCH
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = avo.attention(q, k, v, causal=True)
+        small = avo.attention(q[:, :64], k, v, causal=True)  # a plan first made during the capture
+    for t in (q, k, v):
+        t.copy_(torch.randn_like(t))
+    out.fill_(float("nan"))
+    small.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    eager, lse = avo.attention(q, k, v, causal=True, return_lse=True)
+    assert torch.equal(out, eager) and torch.equal(small, avo.attention(q[:, :64], k, v, causal=True))
+    _assert_matches_reference(out, lse, q, k, v, True, 1 / math.sqrt(128))
 
 
 @pytest.mark.gpu
@@ -586,8 +758,17 @@ def test_varlen_matches_the_reference_per_sequence(causal):
 
 
 @pytest.mark.skipif(jit.current_arch() == "sm_90a", reason="on an sm_90a GPU it measures")
-def test_first_call_bench_without_the_gpu_is_one_line():
-    proc = subprocess.run([sys.executable, "bench/first_call.py"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+@pytest.mark.parametrize("script", ["bench/first_call.py", "bench/op_overhead.py"])
+def test_a_gpu_bench_without_the_gpu_is_one_line(script):
+    proc = subprocess.run([sys.executable, script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("bench/first_call.py: no sm_90a GPU here (")
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"{script}: no sm_90a GPU here (")
+
+
+def test_op_overhead_host_only_times_the_python_around_a_no_op_launch():
+    proc = subprocess.run([sys.executable, "bench/op_overhead.py", "--host-only", "--calls", "64", "--rounds", "2",
+                           "--head-dim", "64"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [1, 128, 8, 64] and set(result) >= {"bare", "attention", "lse", "validate"}
+    assert result["host_attention_us"] == round(result["attention"]["median_us"] - result["bare"]["median_us"], 2)
