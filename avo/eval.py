@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from avo import jit
-from avo.evaluate import evaluate
+from avo.evaluate import Verdict, evaluate
 from avo.lineage import Candidate, Lineage, LineageError
 from avo.suites import SuiteError, load_suite
 
@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     parser.add_argument("--author", default="",
                         help="who made the edit (a person, or an agent by name): on the node, operator 'manual'")
     parser.add_argument("--rationale", default="", help="what the edit means to try, recorded on the node")
+    parser.add_argument("--record", metavar="VERDICT_JSON",
+                        help="run nothing: record the verdict a --json run wrote elsewhere (e.g. on a GPU machine) "
+                             "as this kernel's node, with --incumbent naming what it was judged against")
     args = parser.parse_args(argv)
     try:
         lineage = Lineage.load(args.archive)
@@ -70,6 +73,8 @@ def main(argv=None) -> int:
     except (LineageError, SuiteError, FileNotFoundError, jit.CompileError) as exc:
         print(f"avo.eval: {exc}", file=sys.stderr)
         return 2
+    if args.record:
+        return _record_elsewhere(args, lineage, source, incumbent_id)
     archs = tuple(a.strip() for a in args.arch.split(",") if a.strip())
     print(f"evaluating {source} on suite {args.suite} for {', '.join(archs)}"
           f"{' (compile-only)' if args.compile_only else ''}; incumbent: {incumbent_id or incumbent or 'none'}",
@@ -87,6 +92,20 @@ def main(argv=None) -> int:
     return 0 if verdict.status in ("committed", "screened") else 1
 
 
+def _record_elsewhere(args, lineage: Lineage, source: Path, incumbent_id: str | None) -> int:
+    """Record a verdict produced by `--json` on another machine. The source must be the one that was
+    judged: the verdict carries no copy of it, so the node says where the verdict came from."""
+    try:
+        verdict = Verdict(**json.loads(Path(args.record).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"avo.eval: --record {args.record}: not a verdict written by --json ({exc})", file=sys.stderr)
+        return 2
+    node = _record(lineage, source, verdict, parent=args.parent or incumbent_id, incumbent=incumbent_id,
+                   author=args.author, rationale=args.rationale, extra={"recorded_from": Path(args.record).name})
+    print(f"recorded {node.id} as {node.status} in {lineage.root} (verdict from {args.record})")
+    return 0
+
+
 def _incumbent(choice: str, lineage: Lineage, arch: str) -> tuple[str | None, str | None]:
     if choice == "none":
         return None, None
@@ -98,7 +117,7 @@ def _incumbent(choice: str, lineage: Lineage, arch: str) -> tuple[str | None, st
 
 
 def _record(lineage: Lineage, source: Path, verdict, parent: str | None, incumbent: str | None = None,
-            author: str = "", rationale: str = "") -> Candidate:
+            author: str = "", rationale: str = "", extra: dict | None = None) -> Candidate:
     """Record a submitted kernel. Its family (the template it came from) is part of its identity: it
     descends from `parent` (the incumbent unless named) only when that is of its family, else from its
     family's newest committed node, else it starts a root of its own; what it was timed against and
@@ -116,6 +135,7 @@ def _record(lineage: Lineage, source: Path, verdict, parent: str | None, incumbe
         node.rationale = rationale
     if author:
         node.extra["author"] = author
+    node.extra.update(extra or {})
     if incumbent and incumbent != parent:
         node.extra["timed_against"] = incumbent
     return lineage.add(node, source_text=text if verdict.status == "committed" else None)

@@ -65,6 +65,48 @@ for r in rows[1::2]:
             print(f"   {k:70s} {v} {unit}")
 EOF
     ;;
+  ncu-src)  # warp stall samples per SASS instruction, the kernel and FA4 (warm launch of each)
+    kernel=${2:-flash_fwd_sm90}; config=${3:-mha16x16_s16k_full}
+    python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once 2>&1 | tail -1
+    for who in avo_generated flash_attncute; do
+      timeout 200 ncu -k regex:$who --launch-skip 1 --launch-count 1 --section SourceCounters -f -o "$out/src_$who" \
+        python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once > /dev/null 2>&1
+      ncu --import "$out/src_$who.ncu-rep" --page source --csv --print-source sass > "$out/src_$who.csv" 2>&1
+      ls -la "$out/src_$who.csv"; head -3 "$out/src_$who.csv" | cut -c1-400
+    done ;;
+  lineage)  # every attempt of issue 13 through avo.eval --submit, into a copy of the archive under $OUT
+    arch_dir="$out/archive"; rm -rf "$arch_dir"; cp -r archive "$arch_dir"
+    who="Claude (lead engineer, issue 13), by hand"
+    submit() {  # FILE SUITE PARENT RATIONALE -> prints the recorded node id
+      timeout 300 python3 -m avo.eval "$1" --suite "$2" --baselines fa4,cudnn --archive "$arch_dir" --submit \
+        --parent "$3" --author "$who" --rationale "$4" --json "$out/eval_$(basename "$1" .py)_$2.json" 2>&1 \
+        | grep -v Warning | tee -a "$out/lineage.txt" | grep -E "^recorded|verdict|speed vs" >&2
+      tail -1 "$out/lineage.txt" | grep -oE "v[0-9]{4}"
+    }
+    a=archive/attempts/13
+    submit $a/epi_arrive.py mha_full v0000 "epilogue: only the storing warp waits for the stmatrix barrier (FA4's order)" >/dev/null
+    g=$(submit $a/grid3d.py mha_full v0000 "3-D grid (m blocks, heads, batch) without the head swizzle, as FA4 launches it")
+    s=$(submit $a/grid3d_ssa.py mha_full "$g" "softmax per row as vectors (FA4's shape) on the 3-D grid")
+    c=$(submit $a/grid3d_cvt.py mha_full "$g" "P to bf16 with cvt.rn.bf16x2 as an opaque PTX op: LLVM no longer converts at the top of the next iteration")
+    submit $a/grid3d_cvt_ssa.py mha_full "$c" "opaque cvt + softmax rows as vectors: ptxas keeps FFMA/exp2 ahead of the PV wait (FA4's schedule)" >/dev/null
+    # table_grid3d_cvt_ssa.py: jit.render('flash_fwd_sm90') of the template at this commit (the seed table)
+    submit $a/table_grid3d_cvt_ssa.py paper "$c" "the seed's per-spec knob table (GQA packed, causal swizzled) with grid3d + opaque cvt + vector softmax, all specs" >/dev/null
+    python3 -m avo.lineage --archive "$arch_dir" show 2>&1 | tail -12 ;;
+  final)  # the committed best against FA4/cuDNN on the paper, hdim64 and hdim256 suites, then GPU tests
+    best=${2:-v0041}
+    for suite in paper hdim64 hdim256; do
+      timeout 200 python3 -m avo.bench --kernel "$best" --suite $suite --baselines fa4,cudnn --rounds 16 \
+        --out "$out/bench_${best}_$suite.json" 2>&1 | grep -v Warning | tail -4 | tee -a "$out/final.txt"
+    done
+    timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_seed_kernel.py 2>&1 | tail -3 | tee -a "$out/final.txt"
+    timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_ops.py 2>&1 | tail -3 | tee -a "$out/final.txt" ;;
+  eval)  # avo.eval --json of kernel files on a suite against a node (record them here with avo.eval --record)
+    suite=$2; inc=$3; shift 3
+    for f in "$@"; do
+      timeout 280 python3 -m avo.eval "$f" --suite "$suite" --incumbent "$inc" --baselines fa4,cudnn \
+        --json "$out/eval_$(basename "$f" .py)_$suite.json" 2>&1 | grep -v Warning | grep -E "verdict|speed vs|  [a-z0-9_]+ +[0-9]" \
+        | tee -a "$out/eval.txt"
+    done ;;
   knobs)
     suite=${2:-paper}; rounds=${3:-16}; shift 3 || shift $#
     args=()

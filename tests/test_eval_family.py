@@ -52,3 +52,25 @@ def test_a_named_parent_author_and_rationale_are_recorded(tmp_path):
     assert saved.parents == ["v0000"] and saved.extra["timed_against"] == second.id
     assert saved.extra["author"] == "Claude (lead engineer), by hand"
     assert saved.rationale == "3-D grid as FA4 launches it" and saved.operator == "manual"
+
+
+def test_a_verdict_written_elsewhere_is_recorded_without_running(tmp_path):
+    import json
+
+    from avo.eval import main
+    from avo.evaluate import Verdict
+
+    lineage = _archive(tmp_path)
+    source = jit.render("flash_fwd_sm90", jit.load_knobs("flash_fwd_sm90"))
+    verdict = Verdict(status="rejected", stage="done", diagnosis="0.98x the incumbent", geomean=600.0,
+                      ratio=0.98, ratio_ci=[0.97, 0.99])
+    path = tmp_path / "verdict.json"
+    path.write_text(json.dumps(verdict.as_dict()))
+    argv = [str(source), "--archive", str(lineage.root), "--incumbent", "v0000", "--record", str(path),
+            "--author", "someone", "--rationale", "why"]
+    assert main(argv) == 0  # recorded, nothing run
+    node = Lineage.load(lineage.root).nodes()[-1]
+    assert (node.status, node.geomean, node.parents) == ("rejected", 600.0, ["v0000"])
+    assert node.extra["recorded_from"] == "verdict.json" and node.extra["author"] == "someone"
+    path.write_text(json.dumps({"not": 1}))
+    assert main(argv) == 2
