@@ -76,7 +76,7 @@ def main(argv=None) -> int:
 
 def _resolve(what: str, lineage: Lineage) -> tuple[Path, str]:
     """(source, label) for 'best', a node id, a .py file or a template name (a template directory:
-    benchmarked with its default knobs for each head_dim, its DEFAULTS table)."""
+    benchmarked with its seed table's knobs for each spec)."""
     from avo import jit
     from avo.eval import resolve_source
 

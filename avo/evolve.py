@@ -216,7 +216,8 @@ class Run:
         if seed.node:
             text, parents, template, knobs = self.lineage.source(seed.node), [seed.node], None, {}
         else:
-            knobs_obj = jit.load_knobs(seed.template, seed.knobs, spec=self.suite.specs[0])
+            # the template's seed table (per-spec choices: GQA packed, causal swizzled) under the config's overrides
+            knobs_obj = jit.seed_knobs(seed.template, seed.knobs, spec=self.suite.specs[0])
             text = jit.render(seed.template, knobs_obj).read_text()
             parents, template, knobs = [], seed.template, dataclasses.asdict(knobs_obj)
         node = self.reserve("seed", parents, text, template=template, knobs=knobs, rationale="the seed")

@@ -103,10 +103,11 @@ class Attention:
             if node.arch and node.arch != arch:
                 raise ValueError(f"{_WHO}: node {node.id} was evolved for {node.arch}, not {arch}")
             return [(node.id, self.archive / node.source_path)]
-        # newest first: each commit was at least as fast as the incumbent of its time (Lineage.best)
+        # the last recorded commit first: each was at least as fast as the incumbent of its time
+        # (Lineage.best; side-by-side steps commit in another order than they were created in)
         nodes = sorted((c for c in read_nodes(self.archive)
                         if c.status == "committed" and c.arch == arch and _verified_for(c, spec)),
-                       key=lambda c: -c.created)
+                       key=lambda c: -(c.committed_at or c.created))
         out = [(c.id, self.archive / c.source_path) for c in nodes]
         if arch in SEEDS:
             out.append((f"seed:{SEEDS[arch]}", None))
