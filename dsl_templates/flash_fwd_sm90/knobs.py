@@ -34,6 +34,10 @@ class Knobs:
     # CTA order: True groups the heads whose K/V fit in L2 (heads fastest, then m blocks);
     # False walks the m blocks of one head at a time. Causal is longest-first either way.
     head_swizzle: bool = True
+    # With intra_wg_overlap: scale O by the previous block's softmax factor after issuing QK^T and
+    # before PV (the multiplies overlap the QK^T GEMM) instead of after the PV wait (FA4 does this
+    # for head_dim > 128, where O is 128 registers per thread). Compiled; not yet measured.
+    rescale_o_before_pv: bool = False
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -54,6 +58,7 @@ SPACE: dict[str, tuple] = {
     "pingpong": (False, True),
     "pack_gqa": (False, True),
     "head_swizzle": (False, True),
+    "rescale_o_before_pv": (False, True),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 
