@@ -26,7 +26,8 @@ from avo.tools import find_binary, parse_sass  # noqa: E402
 _SOFTMAX_OPS = ("FFMA", "MUFU", "FMNMX", "FADD", "FMUL", "F2FP")
 
 
-def loops_between_waits(sass_text: str, hgmma_per_iteration: int = 16) -> list[dict]:
+def loops_between_waits(sass_text: str, hgmma_per_iteration: int | None = 16) -> list[dict]:
+    """None: any loop with both waits (d64, d256 tiles issue other HGMMA counts)."""
     instrs = parse_sass(sass_text)
     out = []
     for ins in instrs:
@@ -34,7 +35,8 @@ def loops_between_waits(sass_text: str, hgmma_per_iteration: int = 16) -> list[d
         if ins["op"] != "BRA" or not target or int(target.group(1), 16) >= ins["addr"]:
             continue
         body = [x for x in instrs if int(target.group(1), 16) <= x["addr"] <= ins["addr"]]
-        if sum(x["op"].startswith("HGMMA") for x in body) != hgmma_per_iteration:
+        hgmma = sum(x["op"].startswith("HGMMA") for x in body)
+        if hgmma < 2 or (hgmma_per_iteration is not None and hgmma != hgmma_per_iteration):
             continue
         waits = {w: next((k for k, x in enumerate(body) if f"DEPBAR.LE gsb0, 0x{w}" in x["text"]), None)
                  for w in (1, 0)}
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("kernel", help="a kernel .py (compiled here for the suite's first spec) or a .cubin")
     ap.add_argument("--suite", default="mha_full")
+    ap.add_argument("--spec", type=int, default=0, help="which of the suite's specs to compile (index)")
     args = ap.parse_args(argv)
     tool = find_binary("cuobjdump") or find_binary("nvdisasm")
     if tool is None:
@@ -64,12 +67,12 @@ def main(argv=None) -> int:
         from avo import jit
         from avo.suites import load_suite
 
-        spec = load_suite(args.suite).specs[0]
+        spec = load_suite(args.suite).specs[args.spec]
         built = jit.compile_kernel(cubin, spec, arch="sm_90a", run=False)
         cubin = built.artifact_dir / "kernel.cubin"
     flag = "-sass" if Path(tool).name.startswith("cuobjdump") else "-c"
     text = subprocess.run([tool, flag, str(cubin)], capture_output=True, text=True).stdout
-    for row in loops_between_waits(text):
+    for row in loops_between_waits(text, hgmma_per_iteration=None):
         print(f"loop {row['loop']} ({row['instructions']} instructions): between the waits {row['between_waits']}; "
               f"after the PV wait {row['after_pv_wait']}")
     return 0
