@@ -5,6 +5,7 @@
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh power     # work per clock vs clock, seed/FA4/cuDNN
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh ncu [KERNEL] [CONFIG]  # Nsight Compute, kernel vs FA4
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh knobs [SUITE] [ROUNDS] NAME='{json}' ... [NAME=file.py]
+#   ... ncu-mem | ncu-src | lineage | final [NODE] | eval SUITE INCUMBENT FILE... | gqa-transfer (see each mode)
 set -uo pipefail
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
 export PATH=$PATH:/usr/local/cuda/bin
@@ -107,6 +108,17 @@ EOF
         --json "$out/eval_$(basename "$f" .py)_$suite.json" 2>&1 | grep -v Warning | grep -E "verdict|speed vs|  [a-z0-9_]+ +[0-9]" \
         | tee -a "$out/eval.txt"
     done ;;
+  gqa-transfer)  # issue 13's GQA transfer: a knob run on the gqa suite from the template (which carries
+    # v0041's edits), 30 minutes of wall time in all, in calls of < 10 min: repeat this mode (it resumes)
+    # while the machine stays warm; each call copies the run's lineage and sources (few files) to $OUT.
+    run=/tmp/gqa_transfer
+    start=(--config configs/evolve_gqa_sm90.yaml --set archive=$run/archive --set run_dir=$run --set budget.wall_hours=0.5)
+    [ -f "$run/state.json" ] && start=(--resume $run)  # the run's elapsed time carries over
+    timeout 560 python3 -m avo.evolve "${start[@]}" --operator knobs 2>&1 | grep -v Warning \
+      | tail -25 | tee -a "$out/gqa_transfer.txt"
+    mkdir -p "$out/gqa_archive"; cp $run/archive/lineage.json "$out/gqa_archive/"
+    tar -C $run/archive -czf "$out/gqa_archive/sources.tgz" sources 2>/dev/null
+    python3 -m avo.lineage --archive $run/archive show 2>&1 | tail -15 | tee -a "$out/gqa_transfer.txt" ;;
   knobs)
     suite=${2:-paper}; rounds=${3:-16}; shift 3 || shift $#
     args=()
