@@ -11,6 +11,7 @@ This is the command an external coding agent (or a person) uses to evolve by han
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import sys
@@ -129,7 +130,8 @@ def _record(lineage: Lineage, source: Path, verdict, parent: str | None, incumbe
         same = [c for c in lineage.nodes("committed") if family and c.template == family]
         parent = same[-1].id if same else None
     node = Candidate(id=lineage.new_id(), parents=[parent] if parent else [], operator="manual",
-                     template=family, source_hash=jit.source_hash(text), source_path=str(source))
+                     template=family, source_hash=jit.source_hash(text), source_path=str(source),
+                     knobs=_rendered_knobs(family, text))
     verdict.apply_to(node)
     if rationale:
         node.rationale = rationale
@@ -139,6 +141,38 @@ def _record(lineage: Lineage, source: Path, verdict, parent: str | None, incumbe
     if incumbent and incumbent != parent:
         node.extra["timed_against"] = incumbent
     return lineage.add(node, source_text=text if verdict.status == "committed" else None)
+
+
+def _rendered_knobs(family: str | None, text: str) -> dict:
+    """The knob table a source spells in its KNOBS / KNOBS_BY_SPEC literals, when the source is exactly
+    its template rendered with that table (the knob operator may then re-render it with other
+    knobs); {} for anything else: a hand edit must not be re-rendered from the template."""
+    if family is None:
+        return {}
+    try:
+        values = {}
+        for stmt in ast.parse(text).body:
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+                if stmt.targets[0].id == "KNOBS":
+                    values["default"] = _dict_call(stmt.value)
+                elif stmt.targets[0].id == "KNOBS_BY_SPEC":
+                    values["rows"] = [[_dict_call(row.elts[0]), _dict_call(row.elts[1])] for row in stmt.value.elts]
+        if set(values) != {"default", "rows"}:
+            return {}
+        table = jit.load_table(family, values)
+        if jit.render(family, table).read_text() != text:
+            return {}
+        return table.as_dict() if hasattr(table, "as_dict") else values
+    except (SyntaxError, ValueError, AttributeError, IndexError, TypeError):
+        return {}
+
+
+def _dict_call(node: ast.AST) -> dict:
+    """`dict(a=1, b=(2, 3))` with literal values -> {"a": 1, "b": (2, 3)}; anything else raises."""
+    is_call = isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    if not (is_call and node.func.id == "dict" and not node.args):
+        raise ValueError("not a dict(...) of literals")
+    return {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
 
 
 def _family(source: Path, text: str) -> str | None:

@@ -74,3 +74,17 @@ def test_a_verdict_written_elsewhere_is_recorded_without_running(tmp_path):
     assert node.extra["recorded_from"] == "verdict.json" and node.extra["author"] == "someone"
     path.write_text(json.dumps({"not": 1}))
     assert main(argv) == 2
+
+
+def test_a_template_render_keeps_its_knob_table_and_a_hand_edit_does_not(tmp_path):
+    from avo.eval import _rendered_knobs
+
+    rendered = jit.render("flash_fwd_sm90").read_text()
+    table = _rendered_knobs("flash_fwd_sm90", rendered)
+    assert jit.load_table("flash_fwd_sm90", table) == jit.load_table("flash_fwd_sm90")  # the seed table
+    assert _rendered_knobs("flash_fwd_sm90", rendered.replace("tile_m=128,", "tile_m=128,  # edited", 1)) == {}
+    lineage = _archive(tmp_path)
+    edited = tmp_path / "edited.py"
+    edited.write_text(rendered + "\n# a hand edit\n")
+    assert _record(lineage, edited, _verdict("rejected"), parent="v0000").knobs == {}
+    assert _record(lineage, jit.render("flash_fwd_sm90"), _verdict("rejected"), parent="v0000").knobs == table
