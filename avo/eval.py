@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(verdict.as_dict(), indent=1))
     if args.submit:
         node = _record(lineage, source, verdict, parent=args.parent or incumbent_id, incumbent=incumbent_id,
-                       author=args.author, rationale=args.rationale)
+                       author=args.author, rationale=args.rationale, suite=args.suite, arch=archs[0])
         print(f"recorded {node.id} as {node.status} in {lineage.root}")
     return 0 if verdict.status in ("committed", "screened") else 1
 
@@ -101,8 +101,15 @@ def _record_elsewhere(args, lineage: Lineage, source: Path, incumbent_id: str | 
     except (OSError, ValueError, TypeError) as exc:
         print(f"avo.eval: --record {args.record}: not a verdict written by --json ({exc})", file=sys.stderr)
         return 2
+    names = {c.name for c in load_suite(args.suite).timed}
+    if set(verdict.scores) - names:
+        print(f"avo.eval: --record {args.record}: its configs are not suite {args.suite!r}'s; name the suite it "
+              f"was judged on with --suite", file=sys.stderr)
+        return 2
+    archs = [a.strip() for a in args.arch.split(",") if a.strip()]
     node = _record(lineage, source, verdict, parent=args.parent or incumbent_id, incumbent=incumbent_id,
-                   author=args.author, rationale=args.rationale, extra={"recorded_from": Path(args.record).name})
+                   author=args.author, rationale=args.rationale, extra={"recorded_from": Path(args.record).name},
+                   suite=args.suite, arch=archs[0] if archs else "")
     print(f"recorded {node.id} as {node.status} in {lineage.root} (verdict from {args.record})")
     return 0
 
@@ -118,7 +125,8 @@ def _incumbent(choice: str, lineage: Lineage, arch: str) -> tuple[str | None, st
 
 
 def _record(lineage: Lineage, source: Path, verdict, parent: str | None, incumbent: str | None = None,
-            author: str = "", rationale: str = "", extra: dict | None = None) -> Candidate:
+            author: str = "", rationale: str = "", extra: dict | None = None, suite: str = "",
+            arch: str = "") -> Candidate:
     """Record a submitted kernel. Its family (the template it came from) is part of its identity: it
     descends from `parent` (the incumbent unless named) only when that is of its family, else from its
     family's newest committed node, else it starts a root of its own; what it was timed against and
@@ -131,7 +139,7 @@ def _record(lineage: Lineage, source: Path, verdict, parent: str | None, incumbe
         parent = same[-1].id if same else None
     node = Candidate(id=lineage.new_id(), parents=[parent] if parent else [], operator="manual",
                      template=family, source_hash=jit.source_hash(text), source_path=str(source),
-                     knobs=_rendered_knobs(family, text))
+                     knobs=_rendered_knobs(family, text), suite=suite, arch=arch)
     verdict.apply_to(node)
     if rationale:
         node.rationale = rationale

@@ -305,7 +305,16 @@ def draw_trajectory(lineage: Lineage):
     x = list(range(len(path)))
     fig = _figure(max(8.0, 0.9 * len(path) + 6), 4.0)
     ax_geo, ax_cfg = fig.subplots(1, 2)
-    ax_geo.plot(x, [c.geomean for c in path], marker="o", color="black", linewidth=2, label="avo")
+    # geomeans of different suites do not compare: a line never joins two versions of different suites
+    segments = [[0]]
+    for i in range(1, len(path)):
+        (segments[-1].append(i) if path[i].suite == path[i - 1].suite else segments.append([i]))
+
+    def plot_geo(ys, **style):
+        for n, seg in enumerate(segments):
+            ax_geo.plot(seg, [ys[i] for i in seg], **{**style, "label": style["label"] if n == 0 else None})
+
+    plot_geo([c.geomean for c in path], marker="o", color="black", linewidth=2, label="avo")
     for i, c in enumerate(path):  # what decided the commit: the same-run ratio, not the geomean
         if c.extra.get("ratio"):
             ax_geo.annotate(f"{c.extra['ratio']:.3f}x", (i, c.geomean), textcoords="offset points", xytext=(0, 6),
@@ -314,7 +323,7 @@ def draw_trajectory(lineage: Lineage):
         ys = [_baseline_geomean(c, name) or math.nan for c in path]
         if any(not math.isnan(y) for y in ys):
             # marked points: a baseline measured beside only some versions still shows
-            ax_geo.plot(x, ys, linestyle=style, marker="x", color="black", alpha=0.6, label=f"{label} (same run)")
+            plot_geo(ys, linestyle=style, marker="x", color="black", alpha=0.6, label=f"{label} (same run)")
     configs = sorted({cfg for c in path for cfg in c.scores})
     handles = []  # the legend names configs; the baselines' line styles are told once, in a note
     for i, cfg in enumerate(configs):
@@ -325,7 +334,8 @@ def draw_trajectory(lineage: Lineage):
             if any(not math.isnan(y) for y in ys):
                 ax_cfg.plot(x, ys, linestyle=style, marker="x", color=color, alpha=0.7, label=f"{cfg} {label}")
     for ax, title in ((ax_geo, "geomean TFLOPS"), (ax_cfg, "TFLOPS per config")):
-        ax.set_xticks(x, [c.id for c in path], rotation=45, ha="right", fontsize=8)
+        names = [f"{c.id} {c.suite}" if len(segments) > 1 and c.suite else c.id for c in path]
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("TFLOPS")
         ax.grid(alpha=0.3)

@@ -67,10 +67,15 @@ def test_a_verdict_written_elsewhere_is_recorded_without_running(tmp_path):
     path = tmp_path / "verdict.json"
     path.write_text(json.dumps(verdict.as_dict()))
     argv = [str(source), "--archive", str(lineage.root), "--incumbent", "v0000", "--record", str(path),
-            "--author", "someone", "--rationale", "why"]
+            "--author", "someone", "--rationale", "why", "--suite", "mha"]
     assert main(argv) == 0  # recorded, nothing run
     node = Lineage.load(lineage.root).nodes()[-1]
     assert (node.status, node.geomean, node.parents) == ("rejected", 600.0, ["v0000"])
+    assert (node.suite, node.arch) == ("mha", "sm_90a")  # what Lineage.best and avo.attention select on
+    verdict.scores = {"gqa32x8_s4k_full": 600.0}  # a gqa config recorded as an mha verdict: refused
+    path.write_text(json.dumps(verdict.as_dict()))
+    assert main(argv) == 2
+    path.write_text(json.dumps(Verdict(status="rejected", stage="done").as_dict()))
     assert node.extra["recorded_from"] == "verdict.json" and node.extra["author"] == "someone"
     path.write_text(json.dumps({"not": 1}))
     assert main(argv) == 2
