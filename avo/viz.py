@@ -97,15 +97,18 @@ def table(lineage: Lineage, width: int = 60) -> str:
     """A fixed-width table, one row per node in creation order (the incumbent marked `*`), then
     what "best" means: the ratio column, not the geomeans of different runs, decided each commit."""
     best = lineage.best()
-    rows = [("id", "parents", "operator", "status", "geomean", "vs FA4", "ratio", "diagnosis")]
+    rows = [("id", "parents", "operator", "suite", "status", "geomean", "vs FA4", "ratio", "diagnosis")]
     for c in lineage.nodes():
         fa4 = _baseline_geomean(c, "fa4")
         ratio = f"{c.geomean / fa4:.3f}" if fa4 and c.geomean else "-"
         diagnosis = " ".join(c.diagnosis.split())
         if len(diagnosis) > width:
             diagnosis = diagnosis[:width - 3] + "..."
-        rows.append((c.id + ("*" if best and c.id == best.id else ""), ",".join(c.parents) or "-", c.operator,
-                     c.status, f"{c.geomean:.1f}" if c.geomean else "-", ratio, _ratio(c), diagnosis))
+        author = str(c.extra.get("author", "")).split(" (")[0].split(",")[0].strip()
+        operator = f"{c.operator}:{author}" if author else c.operator  # who made a hand edit
+        rows.append((c.id + ("*" if best and c.id == best.id else ""), ",".join(c.parents) or "-", operator,
+                     c.suite or "-", c.status, f"{c.geomean:.1f}" if c.geomean else "-", ratio, _ratio(c),
+                     diagnosis))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(f"{r[i]:<{w}}" for i, w in enumerate(widths)) + "  " + r[-1] for r in rows]
     lines.append("")

@@ -128,17 +128,21 @@ def test_table_has_ratio_vs_fa4_same_run_ratio_best_and_truncated_diagnosis(line
     lineage.update("v0005", extra={"ratio": 1.0213, "ratio_ci": [1.0101, 1.0330]})
     lineage.update("v0002", extra={"ratio": 1.004})
     lines = viz.table(lineage).splitlines()
-    assert lines[0].split() == ["id", "parents", "operator", "status", "geomean", "vs", "FA4", "ratio", "diagnosis"]
+    assert lines[0].split() == ["id", "parents", "operator", "suite", "status", "geomean", "vs", "FA4", "ratio",
+                                "diagnosis"]
     rows = lines[1:1 + len(NODES)]
     assert [line.split()[0] for line in rows] == [n + ("*" if n == "v0005" else "") for n in NODES]
     row = dict(zip(NODES, rows, strict=True))
     ratio = _geomean([360.0, 450.0]) / _geomean(list(FA4.values()))
-    assert row["v0005"].split()[:7] == ["v0005*", "v0002", "agent", "committed", "402.5", f"{ratio:.3f}",
+    suite = row["v0005"].split()[3]
+    assert row["v0005"].split()[:8] == ["v0005*", "v0002", "agent", suite, "committed", "402.5", f"{ratio:.3f}",
                                         "1.0213[1.0101,1.0330]"]
-    assert row["v0002"].split()[6] == "1.0040"  # no interval recorded: the ratio alone
-    assert row["v0006"].split()[1] == "v0005,v0004" and row["v0006"].split()[4:7] == ["-", "-", "-"]
+    assert row["v0002"].split()[7] == "1.0040"  # no interval recorded: the ratio alone
+    assert row["v0006"].split()[1] == "v0005,v0004" and row["v0006"].split()[5:8] == ["-", "-", "-"]
     assert row["v0003"].endswith("x" * 57 + "...")
     assert lines[-2] == f"* {viz.BEST}." and "newest committed node" in viz.BEST
+    lineage.update("v0004", operator="manual", extra={"author": "Ada (a person), by hand"})
+    assert viz.table(lineage).splitlines()[5].split()[2] == "manual:Ada"  # who made a hand edit
 
 
 def _big_lineage(root, n=500):
