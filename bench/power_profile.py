@@ -37,12 +37,9 @@ def _kernels(sources: list[str], configs):
         label = Path(source).stem
         out[label] = {}
         for config in configs:
-            spec = config.spec
-            if (jit.TEMPLATES_DIR / source).is_dir():
-                path = jit.render(source, jit.load_knobs(source, spec=spec))
-            else:
-                path = Path(source)
-            kernel = jit.compile_kernel(path, spec, trusted=True)
+            # a template renders its seed table: one source, each spec its own knobs
+            path = jit.render(source) if (jit.TEMPLATES_DIR / source).is_dir() else Path(source)
+            kernel = jit.compile_kernel(path, config.spec, trusted=True)
             q, k, v = _inputs(config)
             o = torch.empty_like(q)
             lse = torch.empty(config.batch, config.heads_q, config.seqlen_q, device="cuda", dtype=torch.float32)
@@ -56,14 +53,10 @@ _INPUTS = {}
 
 
 def _inputs(config):
-    import torch
+    from avo.verify import random_inputs
 
     if config.name not in _INPUTS:
-        g = torch.Generator(device="cuda").manual_seed(0)
-        shape_q = (config.batch, config.seqlen_q, config.heads_q, config.head_dim)
-        shape_k = (config.batch, config.seqlen_k, config.heads_kv, config.head_dim)
-        _INPUTS[config.name] = tuple(torch.randn(s, device="cuda", dtype=torch.bfloat16, generator=g)
-                                     for s in (shape_q, shape_k, shape_k))
+        _INPUTS[config.name] = random_inputs(config, seed=0)
     return _INPUTS[config.name]
 
 
