@@ -163,7 +163,7 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
                 for name in order:
                     ms[name] = state.sample(name, flush)
                     state.lagged[name] = state.lagged.get(name, 0) + _lags(ms[name][1])
-                    result.host_bound += state.host_bound_last
+                    result.host_bound += ms[name][2]
                 reading = telemetry.read() if telemetry is not None else None
                 readings.append(reading)
                 for name in order:
@@ -210,7 +210,6 @@ class _ConfigState:
                 self.contenders[name] = lambda o, lse, fn=fn: fn()
         result.times[config.name] = {}
         result.flags[config.name] = []
-        self.host_bound_last = 0
         self.launches, host_s, self.gpu_s = self._calibrate()
         # the GPU spins this long before each sample's start event, the same for every contender
         # (see the module doc): long enough that the launches already queued keep it busy until the
@@ -236,6 +235,7 @@ class _ConfigState:
                 for t in (self.q, self.k, self.v)]
 
     def sample(self, name: str, flush: torch.Tensor) -> tuple:
+        """Time one sample of `name`: (start event, end event, whether the host outran the spin)."""
         buffers = self.buffers.get(name, [])
         for o, lse in buffers:  # every buffer, so none holds a previous output to reuse
             o.fill_(float("nan"))
@@ -252,10 +252,10 @@ class _ConfigState:
             run(o, lse)
         end.record()
         uncovered = self._uncovered(time.perf_counter() - t0)
-        self.host_bound_last = int(uncovered > self.spin_s)
-        if self.host_bound_last:  # the GPU may have waited for the host: spin longer from now on
+        host_bound = uncovered > self.spin_s
+        if host_bound:  # the GPU may have waited for the host: spin longer from now on
             self.spin_s = 2.0 * uncovered
-        return start, end
+        return start, end, host_bound
 
     def _uncovered(self, host_s: float) -> float:
         """Host time to enqueue a sample that the sample's own earlier launches do not cover."""
