@@ -64,19 +64,20 @@ def main(argv=None) -> int:
                         help="run nothing: record the verdict a --json run wrote elsewhere (e.g. on a GPU machine) "
                              "as this kernel's node, with --incumbent naming what it was judged against")
     args = parser.parse_args(argv)
+    archs = tuple(a.strip() for a in args.arch.split(",") if a.strip())
+    arch = archs[0] if archs else ""  # the first arch is the one measured and recorded
     try:
         lineage = Lineage.load(args.archive)
         load_suite(args.suite)
         source, node_id = resolve_source(args.kernel, lineage)
-        incumbent, incumbent_id = _incumbent(args.incumbent, lineage, args.arch.split(",")[0].strip())
+        incumbent, incumbent_id = _incumbent(args.incumbent, lineage, arch)
         if args.parent:
             lineage.get(args.parent)  # an unknown id fails here, before anything runs
     except (LineageError, SuiteError, FileNotFoundError, jit.CompileError) as exc:
         print(f"avo.eval: {exc}", file=sys.stderr)
         return 2
     if args.record:
-        return _record_elsewhere(args, lineage, source, incumbent_id)
-    archs = tuple(a.strip() for a in args.arch.split(",") if a.strip())
+        return _record_elsewhere(args, lineage, source, incumbent_id, arch)
     print(f"evaluating {source} on suite {args.suite} for {', '.join(archs)}"
           f"{' (compile-only)' if args.compile_only else ''}; incumbent: {incumbent_id or incumbent or 'none'}",
           flush=True)
@@ -88,12 +89,12 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(verdict.as_dict(), indent=1))
     if args.submit:
         node = _record(lineage, source, verdict, parent=args.parent or incumbent_id, incumbent=incumbent_id,
-                       author=args.author, rationale=args.rationale, suite=args.suite, arch=archs[0])
+                       author=args.author, rationale=args.rationale, suite=args.suite, arch=arch)
         print(f"recorded {node.id} as {node.status} in {lineage.root}")
     return 0 if verdict.status in ("committed", "screened") else 1
 
 
-def _record_elsewhere(args, lineage: Lineage, source: Path, incumbent_id: str | None) -> int:
+def _record_elsewhere(args, lineage: Lineage, source: Path, incumbent_id: str | None, arch: str) -> int:
     """Record a verdict produced by `--json` on another machine. The source must be the one that was
     judged: the verdict carries no copy of it, so the node says where the verdict came from."""
     try:
@@ -106,10 +107,9 @@ def _record_elsewhere(args, lineage: Lineage, source: Path, incumbent_id: str | 
         print(f"avo.eval: --record {args.record}: its configs are not suite {args.suite!r}'s; name the suite it "
               f"was judged on with --suite", file=sys.stderr)
         return 2
-    archs = [a.strip() for a in args.arch.split(",") if a.strip()]
     node = _record(lineage, source, verdict, parent=args.parent or incumbent_id, incumbent=incumbent_id,
                    author=args.author, rationale=args.rationale, extra={"recorded_from": Path(args.record).name},
-                   suite=args.suite, arch=archs[0] if archs else "")
+                   suite=args.suite, arch=arch)
     print(f"recorded {node.id} as {node.status} in {lineage.root} (verdict from {args.record})")
     return 0
 
