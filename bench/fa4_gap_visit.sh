@@ -11,6 +11,9 @@ export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
 export PATH=$PATH:/usr/local/cuda/bin
 for w in .gpu-bundle/extra/*.whl; do [ -e "$w" ] && export PYTHONPATH="$PYTHONPATH:$PWD/$w"; done  # nvidia-ml-py
 out=${OUT:-/tmp/avo-out}; mkdir -p "$out"
+# the ncu modes: KERNEL CONFIG, and two launches of each of it and FA4 (warms the compiles; what ncu profiles)
+kernel=${2:-flash_fwd_sm90}; config=${3:-mha16x16_s16k_full}
+once=(python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once)
 nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw,power.limit --format=csv,noheader | tee -a "$out/gpu.txt"
 case "${1:-}" in
   tests)
@@ -20,13 +23,12 @@ case "${1:-}" in
       --configs "${3:-mha16x16_s16k_full,gqa32x8_s8k_full,mha16x16_s4k_causal}" --seconds 1.5 --repeats 2 \
       --out "$out/power.json" 2>&1 | grep -v Warning | tail -20 | tee "$out/power.txt" ;;
   ncu)
-    kernel=${2:-flash_fwd_sm90}; config=${3:-mha16x16_s16k_full}
     sections=""; for s in SpeedOfLight Occupancy LaunchStats WarpStateStats ComputeWorkloadAnalysis \
       MemoryWorkloadAnalysis SchedulerStats InstructionStats; do sections="$sections --section $s"; done
     metrics=sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__cycles_elapsed.avg.per_second,smsp__inst_executed.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,lts__t_sector_hit_rate.pct,dram__bytes_read.sum
-    python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once 2>&1 | tail -3
+    "${once[@]}" 2>&1 | tail -3
     timeout 400 ncu -k regex:kernel_cutlass --launch-count 4 $sections --metrics "$metrics" -f -o "$out/ncu_$config" \
-      python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once > "$out/ncu.log" 2>&1
+      "${once[@]}" > "$out/ncu.log" 2>&1
     tail -3 "$out/ncu.log"
     ncu --import "$out/ncu_$config.ncu-rep" --csv --page raw > "$out/ncu_$config.csv"
     python3 - "$out/ncu_$config.csv" <<'EOF' | tee "$out/ncu_summary.txt"
@@ -44,16 +46,15 @@ for r in rows[1::2]:  # the second (warm) launch of each kernel
 EOF
     ;;
   ncu-mem)  # L2/L1 traffic by source and op, the kernel vs FA4 (absolute counts)
-    kernel=${2:-flash_fwd_sm90}; config=${3:-mha16x16_s16k_full}
     m=lts__t_sectors_srcunit_tex_op_read.sum,lts__t_sectors_srcunit_tex_op_write.sum,lts__t_sectors_op_read.sum
     m=$m,lts__t_sectors_op_write.sum,lts__t_requests_srcunit_tex_op_read.sum,lts__t_sectors_srcunit_tex_op_read_lookup_hit.sum
     m=$m,lts__t_sectors_srcunit_ltcfabric.sum,lts__t_sectors.sum,lts__t_requests.sum,smsp__inst_executed_op_global_st.sum
     m=$m,smsp__inst_executed_op_global_ld.sum,l1tex__m_xbar2l1tex_read_bytes.sum,l1tex__m_l1tex2xbar_write_bytes.sum
     m=$m,lts__t_sectors_srcunit_tex.sum,lts__t_sectors_srcnode_gpc.sum,gpu__time_duration.sum,dram__bytes_read.sum
     m=$m,lts__t_sectors_srcunit_tex_aperture_device_op_read.sum,lts__average_t_sector_hit_rate_realtime.pct
-    python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once 2>&1 | tail -1
+    "${once[@]}" 2>&1 | tail -1
     timeout 400 ncu -k regex:kernel_cutlass --launch-count 4 --metrics "$m" --csv --page raw \
-      python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once > "$out/ncu_mem.csv" 2> "$out/ncu_mem.err"
+      "${once[@]}" > "$out/ncu_mem.csv" 2> "$out/ncu_mem.err"
     python3 - "$out/ncu_mem.csv" <<'EOF' | tee "$out/ncu_mem.txt"
 import sys
 from avo.tools import parse_ncu_csv
@@ -67,11 +68,10 @@ for r in rows[1::2]:
 EOF
     ;;
   ncu-src)  # warp stall samples per SASS instruction, the kernel and FA4 (warm launch of each)
-    kernel=${2:-flash_fwd_sm90}; config=${3:-mha16x16_s16k_full}
-    python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once 2>&1 | tail -1
+    "${once[@]}" 2>&1 | tail -1
     for who in avo_generated flash_attncute; do
       timeout 200 ncu -k regex:$who --launch-skip 1 --launch-count 1 --section SourceCounters -f -o "$out/src_$who" \
-        python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once > /dev/null 2>&1
+        "${once[@]}" > /dev/null 2>&1
       ncu --import "$out/src_$who.ncu-rep" --page source --csv --print-source sass > "$out/src_$who.csv" 2>&1
       ls -la "$out/src_$who.csv"; head -3 "$out/src_$who.csv" | cut -c1-400
     done ;;
