@@ -10,10 +10,11 @@ sample, and candidate/incumbent samples of a round form a pair whose ratio cance
 with n chosen so that a sample lasts at least MIN_SAMPLE_MS (launch overhead must not dominate a
 short config), each of the n launches writing a buffer of its own (a kernel that finds a previous
 output in its buffer could skip its work: every buffer holds NaN when a sample starts). Rounds come in blocks; before
-each block the inputs are regenerated in place (same pointers, new values), and in each block one
-round chosen at random has the candidate's last output checked against the fp32 reference (all of
-it for NaN, a random window of query rows for values) before anything overwrites it: a kernel that
-skips work or serves stale output while timed fails there. After every sample the whole device is
+each block the inputs are regenerated in place (same pointers, new values). After every sample, every
+buffer the candidate's launches wrote is scanned for the NaN poison (a kernel that skips some of its
+launches fails there), and in each block one round chosen at random has the candidate's last output
+checked against the fp32 reference (a random window of query rows) before anything overwrites it: a
+kernel that serves stale output while timed fails there. After every sample the whole device is
 synchronized: a candidate whose work goes on after its timed calls returned (another stream, which
 the events miss) is caught by the wait, and cannot slow the next kernel's sample. Each round reads
 NVML telemetry; rounds taken while the GPU throttled itself are flagged (avo.telemetry).
@@ -164,6 +165,8 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
                     ms[name] = state.sample(name, flush)
                     state.lagged[name] = state.lagged.get(name, 0) + _lags(ms[name][1])
                     result.host_bound += ms[name][2]
+                    if name == check:
+                        state.check_written(name)
                 reading = telemetry.read() if telemetry is not None else None
                 readings.append(reading)
                 for name in order:
@@ -261,15 +264,23 @@ class _ConfigState:
         """Host time to enqueue a sample that the sample's own earlier launches do not cover."""
         return max(0.0, host_s - (self.launches - 1) * self.gpu_s)
 
-    def check_last(self, name: str, verify, rng) -> None:
-        o, lse = self.buffers[name][(self.turn[name] - 1) % len(self.buffers[name])]
-        sq = self.config.seqlen_q
-        first = rng.randrange(max(1, sq - _CHECK_ROWS + 1))
-        rows = (first, min(sq, first + _CHECK_ROWS))
-        poisoned = int(o.isnan().sum()) + int(lse.isnan().sum())
+    def _last_sample(self, name: str) -> list[tuple]:
+        buffers = self.buffers[name]
+        return [buffers[i] for i in last_sample_buffers(self.turn[name], self.launches, len(buffers))]
+
+    def check_written(self, name: str) -> None:
+        """After every sample of `name`: each of its launches wrote all of its output and LSE. A kernel
+        that skips some launches (one in ten, or only while it is being timed) leaves the NaN poison."""
+        poisoned = sum(int(t.isnan().sum()) for pair in self._last_sample(name) for t in pair)
         if poisoned:
             raise TimedOutputError(f"{self.config.name}: a timed call left {poisoned} output/LSE values unwritten "
                                    "(NaN poison): work skipped while timed")
+
+    def check_last(self, name: str, verify, rng) -> None:
+        o, lse = self._last_sample(name)[-1]
+        sq = self.config.seqlen_q
+        first = rng.randrange(max(1, sq - _CHECK_ROWS + 1))
+        rows = (first, min(sq, first + _CHECK_ROWS))
         if not all(torch.equal(t, fresh) for t, fresh in zip((self.q, self.k, self.v), self._values(self.seed),
                                                               strict=True)):
             raise TimedOutputError(f"{self.config.name}: the inputs changed while timed: a kernel must not "
@@ -303,6 +314,12 @@ class _ConfigState:
             shortest = min(shortest, start.elapsed_time(end))
         launches = max(1, min(64, math.ceil(MIN_SAMPLE_MS / max(longest, 1e-3))))
         return launches, host_s, (shortest if shortest < math.inf else 0.0) * 1e-3
+
+
+def last_sample_buffers(turn: int, launches: int, count: int) -> list[int]:
+    """Indices of the output buffers the last sample's `launches` launches wrote, in launch order,
+    when launches take buffers in turn (`turn` launches so far, `count` buffers)."""
+    return [(turn - launches + j) % count for j in range(launches)]
 
 
 _LAG_S = 200e-6  # a device sync right after the end event takes ~10-30 us when nothing else runs

@@ -140,3 +140,24 @@ def test_a_slow_host_launch_path_is_not_timed():
                        min_rounds=16, block=16, seed=6)
     est = stats.paired_ratio(m.pairs(), flags=m.flags)
     assert 0.98 < est.ratio < 1.02, est.format()
+
+
+def test_the_check_covers_every_launch_of_the_last_sample():
+    # 64 buffers, 64 launches a sample, 130 launches so far: the last sample wrote buffers 2..63, 0, 1
+    assert timing.last_sample_buffers(130, 64, 64) == [*range(2, 64), 0, 1]
+    assert timing.last_sample_buffers(7, 1, 3) == [0]  # one launch a sample: its buffer only
+    assert len(set(timing.last_sample_buffers(5, 3, 3))) == 3
+
+
+@pytest.mark.gpu
+def test_a_kernel_that_skips_one_launch_in_ten_is_caught_while_timed():
+    config, fn = _honest_kernel()
+    calls = []
+
+    def sometimes(q, k, v, o, lse, scale):
+        calls.append(1)
+        if len(calls) <= 2 or len(calls) % 10:  # warm-up and calibration do the work; then 9 in 10
+            fn(q, k, v, o, lse, scale)
+
+    with pytest.raises(timing.TimedOutputError, match="unwritten"):
+        timing.measure([config], {"candidate": {config.spec: sometimes}, "incumbent": {config.spec: fn}}, seed=7)
