@@ -98,7 +98,7 @@ EVASIONS = [
     ("attr_base_dsl", ["b = cutlass.base_dsl"], "'base_dsl' names a module"),
     ("attr_arch_llvm", ["c = cute.arch.llvm.call"], "'llvm' names a module"),
     # through the opaque cvt the seed now calls (cute.arch.cvt_f32x2_bf16x2 wraps inline asm)
-    ("import_nvvm_wrappers", ["import cutlass.cute.arch.nvvm_wrappers as w", "f = w.llvm.inline_asm"],
+    ("import_nvvm_wrappers", ["import cutlass.cute.arch.nvvm_wrappers as w  # here", "f = w.llvm.inline_asm"],
      "import of 'cutlass.cute.arch.nvvm_wrappers'"),
     ("cvt_globals", ["g = cute.arch.cvt_f32x2_bf16x2.__globals__"], "dunder"),
     ("internal_llvm_passed_along", ["from cutlass._mlir.dialects import llvm", "y = [llvm]"],
