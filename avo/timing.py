@@ -271,7 +271,8 @@ class _ConfigState:
     def check_written(self, name: str) -> None:
         """After every sample of `name`: each of its launches wrote all of its output and LSE. A kernel
         that skips some launches (one in ten, or only while it is being timed) leaves the NaN poison."""
-        poisoned = sum(int(t.isnan().sum()) for pair in self._last_sample(name) for t in pair)
+        # one count per buffer, summed on the GPU: one sync per sample, not one per buffer
+        poisoned = int(torch.stack([t.isnan().sum() for pair in self._last_sample(name) for t in pair]).sum())
         if poisoned:
             raise TimedOutputError(f"{self.config.name}: a timed call left {poisoned} output/LSE values unwritten "
                                    "(NaN poison): work skipped while timed")
