@@ -17,7 +17,12 @@ Who runs what (README, "What the judge guarantees"):
 Fitness follows AVO: TFLOPS per timed config (all zero on any failure), geomean as the scalar. The
 commit decision is the paired estimator's (avo.stats): candidate and incumbent timed in
 alternating samples, the geometric-mean speed ratio with a 95% confidence interval; commit when
-its lower bound clears 1 - COMMIT_TOLERANCE, a gain when it clears 1.
+its lower bound clears the commit bar, a gain when it clears 1. The bar is a ratio to the
+incumbent: 1 - COMMIT_TOLERANCE times how far the best so far is above the incumbent
+(avo.lineage.Lineage.commit_bar). The tolerance lets a tie within noise commit; it does not add
+up: a commit 0.4% below the best so far raises the next bar to ~0.999 against it, and no commit
+is ever more than the tolerance below the best so far (each node's `speed` in the lineage says
+where it stands). Against a fresh chain, or an incumbent that is the best, the bar is 1 - 0.5%.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pathlib import Path
 
 from avo.worker import run_isolated
 
-__all__ = ["SANITIZER_TOOLS", "Verdict", "evaluate", "geomean", "static_check"]
+__all__ = ["SANITIZER_TOOLS", "Verdict", "apply_commit_rule", "evaluate", "geomean", "static_check"]
 
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 _SANITIZER_TIMEOUT_S = 300.0
@@ -53,6 +58,7 @@ class Verdict:
     ratio_ci: list | None = None  # its 95% confidence interval [lo, hi]
     noise: float | None = None  # half-width of that interval
     gain: bool = False  # the interval's lower bound is above 1: a real improvement, not a tie
+    commit_bar: float | None = None  # the lower bound the interval had to clear (see apply_commit_rule)
     estimate: dict = field(default_factory=dict)  # avo.stats.RatioEstimate.as_dict(): per config, pairs
     vs_baselines: dict = field(default_factory=dict)  # name -> {"ratio", "ratio_ci"}: candidate speed / baseline's
     measurement: dict = field(default_factory=dict)  # rounds, launches, checks, throttled rounds, telemetry
@@ -75,7 +81,8 @@ class Verdict:
         if self.baselines:
             node.baselines = self.baselines
         node.extra.update(ratio=self.ratio, ratio_ci=self.ratio_ci, noise=self.noise, gain=self.gain,
-                          stage=self.stage, compile_only=self.compile_only, incumbent_scores=self.incumbent_scores,
+                          commit_bar=self.commit_bar, stage=self.stage, compile_only=self.compile_only,
+                          incumbent_scores=self.incumbent_scores,
                           compile_reports=self.compile_reports, pairs=self.estimate.get("pairs"),
                           excluded=self.estimate.get("excluded"), vs_baselines=self.vs_baselines,
                           measurement=self.measurement, sanitizer=self.sanitizer,
@@ -102,14 +109,18 @@ def evaluate(source: str | Path, suite: str = "quick", archs: tuple[str, ...] = 
              incumbent: str | Path | None = None, compile_only: bool | None = None, gpu: int | None = None,
              timeout_s: float = 900.0, seeds: int = 2, rounds: int = 128, baselines: tuple[str, ...] = (),
              stop_after: str | None = None, static: bool = True, sanitize: bool = True,
-             min_rounds: int = 16) -> Verdict:
+             min_rounds: int = 16, commit_bar: float | None = None) -> Verdict:
     """Run the cascade on the kernel module at `source`. compile_only=None: decide by the GPU.
     stop_after="correctness" ends a passing run there (status "screened": correct, not timed).
     rounds caps the timing rounds per config (adaptive from min_rounds while the decision is open).
-    static=False skips the text check (tests of the layers behind it)."""
+    commit_bar: the lower bound the ratio to `incumbent` must clear, the lineage's
+    Lineage.commit_bar(incumbent) (None: 1 - COMMIT_TOLERANCE, a fresh chain's); the sampling
+    stops once the interval is clear of it. static=False skips the text check (tests of the layers
+    behind it)."""
     from avo import jit
     from avo.suites import load_suite
 
+    commit_bar = _checked_bar(commit_bar)
     source = Path(source).resolve()
     started = time.monotonic()
 
@@ -170,7 +181,8 @@ def evaluate(source: str | Path, suite: str = "quick", archs: tuple[str, ...] = 
     # -- the judge: a fresh process that loads the artifacts, checks, times, and answers on its pipe
     left = max(30.0, timeout_s - (time.monotonic() - started))
     args = {"entries": entries, "incumbent": inc_entries, "suite": suite, "seeds": seeds, "baselines": list(baselines),
-            "stop_after": stop_after, "sampling": {"min_rounds": min_rounds, "max_rounds": max(rounds, min_rounds)}}
+            "stop_after": stop_after, "sampling": {"min_rounds": min_rounds, "max_rounds": max(rounds, min_rounds),
+                                                   "commit_bar": commit_bar}}
     result = run_isolated("avo.judge:judge", args, timeout_s=left, gpu=gpu)
     if not result.ok:
         stage = result.extra.get("progress", {}).get("stage", "correctness")
@@ -191,7 +203,7 @@ def evaluate(source: str | Path, suite: str = "quick", archs: tuple[str, ...] = 
                                                     "without what that needs", compile_reports=reports, timing=timing))
     if verdict.status != "measured":
         return done(verdict)
-    _decide(verdict)
+    apply_commit_rule(verdict, commit_bar)
     if verdict.status == "committed" and sanitize:
         t0 = time.monotonic()
         found = sanitizer_stage(entries, suite, gpu)
@@ -207,11 +219,28 @@ def evaluate(source: str | Path, suite: str = "quick", archs: tuple[str, ...] = 
     return done(verdict)
 
 
-def _decide(verdict: Verdict) -> None:
-    """The commit rule on the paired estimate: commit when the interval's lower bound clears
-    1 - COMMIT_TOLERANCE; a gain when it clears 1. No incumbent: the first correct kernel commits."""
+def _checked_bar(commit_bar: float | None) -> float:
+    """The bar to decide with: None is a fresh chain's, 1 - COMMIT_TOLERANCE; a lower one is refused
+    (the tolerance is for a tie with the best so far, never for more)."""
+    from avo.stats import COMMIT_BAR
+
+    if commit_bar is None:
+        return COMMIT_BAR
+    if not math.isfinite(commit_bar) or commit_bar < COMMIT_BAR:
+        raise ValueError(f"commit_bar {commit_bar} is below 1 - COMMIT_TOLERANCE = {COMMIT_BAR}: no candidate may "
+                         "be judged more leniently than a tie with the best so far")
+    return commit_bar
+
+
+def apply_commit_rule(verdict: Verdict, commit_bar: float | None = None) -> None:
+    """The commit rule on a measured verdict's paired estimate: commit when the interval's lower
+    bound clears `commit_bar` (the lineage's Lineage.commit_bar for the incumbent it was timed
+    against; None: 1 - COMMIT_TOLERANCE), a gain when it clears 1. No incumbent: the first correct
+    kernel commits. Sets status, stage, ratio, interval, gain, geomeans, the bar and the diagnosis,
+    which names the bar where it is above the bare tolerance."""
     from avo import stats
 
+    bar = _checked_bar(commit_bar)
     verdict.geomean = geomean(verdict.scores.values())
     verdict.incumbent_geomean = geomean(verdict.incumbent_scores.values()) if verdict.incumbent_scores else 0.0
     vs = "; ".join(f"{v['ratio']:.4f}x {name} [{v['ratio_ci'][0]:.4f}, {v['ratio_ci'][1]:.4f}]"
@@ -223,15 +252,18 @@ def _decide(verdict: Verdict) -> None:
     est = stats.RatioEstimate(ratio=verdict.estimate["ratio"], lo=verdict.estimate["ratio_ci"][0],
                               hi=verdict.estimate["ratio_ci"][1], per_config=verdict.estimate.get("per_config", {}),
                               pairs=verdict.estimate["pairs"], excluded=verdict.estimate["excluded"])
-    decision = stats.decide(est)
+    decision = stats.decide(est, bar)
     verdict.ratio, verdict.ratio_ci, verdict.noise = est.ratio, [est.lo, est.hi], est.half_width()
-    verdict.gain = stats.is_gain(est)
+    verdict.gain, verdict.commit_bar = stats.is_gain(est), bar
     # an interval still open at the sampling cap is not a commit: "not slower" must be shown
     verdict.status = "committed" if decision == "commit" else "rejected"
     verdict.stage = "done"
+    rule = f"tolerance {stats.COMMIT_TOLERANCE:.1%}"
+    if bar > stats.COMMIT_BAR:  # the incumbent is below the best so far: what is left of the tolerance
+        rule = (f"{'clears' if decision == 'commit' else 'lower bound below'} the commit bar {bar:.4f}: "
+                f"the incumbent is {stats.COMMIT_BAR / bar:.4f} of the best so far, {rule} of the best")
     verdict.diagnosis = (f"correct; geomean {verdict.geomean:.1f} TFLOPS; {est.format()} the incumbent "
-                         f"({decision}{', a gain' if verdict.gain else ''}; tolerance {stats.COMMIT_TOLERANCE:.1%})"
-                         + (f"; {vs}" if vs else ""))
+                         f"({decision}{', a gain' if verdict.gain else ''}; {rule})" + (f"; {vs}" if vs else ""))
 
 
 def sanitizer_stage(entries: dict, suite: str, gpu: int | None) -> dict:

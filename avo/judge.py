@@ -20,8 +20,9 @@ __all__ = ["judge", "sanitize"]
 
 def judge(entries: dict, incumbent: dict | None, suite: str, seeds: int, baselines: list, stop_after: str | None,
           sampling: dict) -> dict:
-    """entries / incumbent: {spec key: cache entry dir} for this GPU's arch. Returns the verdict
-    fields of the GPU stages (avo.evaluate.Verdict)."""
+    """entries / incumbent: {spec key: cache entry dir} for this GPU's arch. sampling: min_rounds,
+    max_rounds, and the commit_bar the sampling decides against (it stops once the interval is
+    clear of it). Returns the verdict fields of the GPU stages (avo.evaluate.Verdict)."""
 
     from avo import stats, timing, verify
     from avo.suites import load_suite, random_configs
@@ -65,7 +66,8 @@ def judge(entries: dict, incumbent: dict | None, suite: str, seeds: int, baselin
             estimate = stats.paired_ratio(m.pairs(), flags=m.flags)
         except ValueError:  # too few usable pairs yet (throttled rounds): keep sampling
             return True
-        return stats.needs_more(estimate, pairs_so_far=rounds, cap=sampling.get("max_rounds", 128))
+        return stats.needs_more(estimate, bar=sampling.get("commit_bar", stats.COMMIT_BAR), pairs_so_far=rounds,
+                                cap=sampling.get("max_rounds", 128))
 
     try:
         m = timing.measure(list(suite_obj.timed), kernels, tuple(baselines), needs_more=needs_more,

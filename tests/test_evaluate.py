@@ -6,7 +6,7 @@ import math
 import pytest
 
 from avo import jit
-from avo.evaluate import Verdict, _decide, evaluate, geomean, static_check
+from avo.evaluate import Verdict, apply_commit_rule, evaluate, geomean, static_check
 from avo.stats import COMMIT_TOLERANCE
 
 
@@ -31,7 +31,7 @@ def _measured(lo: float, hi: float, ratio: float | None = None) -> Verdict:
 ])
 def test_commit_rule_is_on_the_confidence_interval(lo, hi, status, gain):
     verdict = _measured(lo, hi)
-    _decide(verdict)
+    apply_commit_rule(verdict)
     assert (verdict.status, verdict.gain) == (status, gain)
     assert verdict.ratio_ci == [lo, hi] and verdict.noise == pytest.approx((hi - lo) / 2)
     assert verdict.geomean == pytest.approx(math.sqrt(500.0 * 400.0))
@@ -39,10 +39,30 @@ def test_commit_rule_is_on_the_confidence_interval(lo, hi, status, gain):
     assert COMMIT_TOLERANCE == 0.005
 
 
+def test_a_raised_commit_bar_is_what_the_interval_must_clear_and_the_diagnosis_says_so():
+    """Against an incumbent committed at 0.996 of the best so far the bar is 0.995 / 0.996: the
+    GPU-seen 0.9959x [0.9950, 0.9965] commits at the bare tolerance and is rejected there."""
+    bar = (1 - COMMIT_TOLERANCE) / 0.996
+    bare, raised = _measured(0.9950, 0.9965, ratio=0.9959), _measured(0.9950, 0.9965, ratio=0.9959)
+    apply_commit_rule(bare)
+    apply_commit_rule(raised, bar)
+    assert (bare.status, bare.commit_bar) == ("committed", 0.995)
+    assert bare.diagnosis.endswith("0.9959x [0.9950, 0.9965] (1 excluded) the incumbent (commit; tolerance 0.5%)")
+    assert (raised.status, raised.commit_bar) == ("rejected", pytest.approx(0.99900, abs=1e-5))
+    assert ("the incumbent (reject; lower bound below the commit bar 0.9990: the "
+            "incumbent is 0.9960 of the best so far, tolerance 0.5% of the best)") in raised.diagnosis
+    gain = _measured(1.0005, 1.0030)
+    apply_commit_rule(gain, bar)
+    assert (gain.status, gain.gain) == ("committed", True) and "(commit, a gain; clears the commit bar 0.9990" \
+        in gain.diagnosis
+    with pytest.raises(ValueError, match="below 1 - COMMIT_TOLERANCE"):  # never more lenient than a tie
+        apply_commit_rule(_measured(0.99, 1.0), 0.99)
+
+
 def test_without_an_incumbent_the_first_correct_kernel_commits():
     verdict = Verdict("measured", "benchmark", scores={"a": 300.0}, vs_baselines={"fa4": {"ratio": 0.97,
                                                                                           "ratio_ci": [0.96, 0.98]}})
-    _decide(verdict)
+    apply_commit_rule(verdict)
     assert verdict.status == "committed" and verdict.ratio is None
     assert "0.9700x fa4 [0.9600, 0.9800]" in verdict.diagnosis
 
@@ -117,7 +137,12 @@ def fake_gpu(monkeypatch, tmp_path):
         (spec, arch): SimpleNamespace(report={"registers": 168}, artifact_dir=tmp_path / spec.key())
         for arch in archs for spec in specs})
     answer = {}
-    monkeypatch.setattr(evaluate_module, "run_isolated", lambda *a, **kw: WorkerResult("ok", value=dict(answer)))
+
+    def judge(function, args, **kw):
+        answer.setdefault("_args", []).append(args)  # what the judge was asked: tests read it back
+        return WorkerResult("ok", value={k: v for k, v in answer.items() if k != "_args"})
+
+    monkeypatch.setattr(evaluate_module, "run_isolated", judge)
     return answer
 
 
@@ -136,3 +161,19 @@ def test_only_the_parent_decides_a_commit(fake_gpu, answer, incumbent, status):
     assert verdict.status == status, verdict.diagnosis
     if status == "crashed":
         assert "harness error: the judge answered" in verdict.diagnosis
+
+
+def test_the_commit_bar_reaches_the_judges_sampling_and_the_decision(fake_gpu):
+    """evaluate(commit_bar=...) steers both the judge's adaptive sampling (it stops once the interval
+    is clear of the bar) and the decision; without one both use 1 - COMMIT_TOLERANCE."""
+    fake_gpu.update({"status": "measured", "stage": "benchmark", "scores": {"a": 500.0},
+                     "incumbent_scores": {"a": 502.0},
+                     "estimate": {"ratio": 0.996, "ratio_ci": [0.9955, 0.9965], "pairs": 16, "excluded": 0}})
+    seed = jit.render("naive_attention")
+    fresh = evaluate(seed, suite="tiny", incumbent=seed, sanitize=False)
+    raised = evaluate(seed, suite="tiny", incumbent=seed, sanitize=False, commit_bar=0.999)
+    assert [a["sampling"]["commit_bar"] for a in fake_gpu["_args"]] == [0.995, 0.999]
+    assert (fresh.status, raised.status) == ("committed", "rejected")
+    assert "lower bound below the commit bar 0.9990" in raised.diagnosis
+    with pytest.raises(ValueError, match="below 1 - COMMIT_TOLERANCE"):
+        evaluate(seed, suite="tiny", incumbent=seed, commit_bar=0.99)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from avo.stats import (
+    COMMIT_BAR,
     COMMIT_TOLERANCE,
     PAIR_CAP,
     RatioEstimate,
@@ -131,12 +132,13 @@ def test_per_config_breakdown_and_geometric_mean():
 
 def test_decide_at_the_boundaries():
     edge = 1 - COMMIT_TOLERANCE
+    assert COMMIT_BAR == edge == 0.995
     assert decide(_estimate(edge, 1.01)) == "commit"
     assert decide(_estimate(np.nextafter(edge, 0), 1.01)) == "undecided"
     assert decide(_estimate(0.98, edge)) == "undecided"
     assert decide(_estimate(0.98, np.nextafter(edge, 0))) == "reject"
-    assert decide(_estimate(0.985, 0.992), tolerance=0.01) == "undecided"
-    assert decide(_estimate(0.985, 0.992), tolerance=0.02) == "commit"
+    assert decide(_estimate(0.985, 0.992), bar=0.99) == "undecided"
+    assert decide(_estimate(0.985, 0.992), bar=0.98) == "commit"
     assert not is_gain(_estimate(1.0, 1.02)) and is_gain(_estimate(1.0001, 1.02))
     assert decide(_estimate(0.996, 0.999)) == "commit" and not is_gain(_estimate(0.996, 0.999))
 
@@ -150,7 +152,21 @@ def test_needs_more_only_while_undecided_and_under_the_cap():
     assert needs_more(open_call, cap=24) and not needs_more(open_call, cap=23)  # 0: 20 usable + 3 flagged
     assert not needs_more(_estimate(0.996, 1.03, pairs=4), pairs_so_far=4)  # decided, however wide
     assert not needs_more(_estimate(0.95, 0.99, pairs=4), pairs_so_far=4)
-    assert not needs_more(open_call, tolerance=0.02, pairs_so_far=4)
+    assert not needs_more(open_call, bar=0.98, pairs_so_far=4)
+
+
+def test_a_raised_bar_decides_and_stops_sampling_against_itself():
+    """Against an incumbent 0.4% below the best so far the bar is ~0.999: a 0.996x interval that
+    commits at the bare tolerance is rejected there, and sampling stops on the bar, not the tolerance."""
+    bar = COMMIT_BAR / 0.996
+    assert bar == pytest.approx(0.99900, abs=1e-5)
+    tie = _estimate(0.9955, 0.9965, pairs=16)
+    assert decide(tie) == "commit" and decide(tie, bar=bar) == "reject"
+    assert not needs_more(tie, pairs_so_far=16) and not needs_more(tie, bar=bar, pairs_so_far=16)  # both decided
+    near = _estimate(0.9980, 1.0010, pairs=16)  # clears the tolerance, straddles the raised bar
+    assert decide(near) == "commit" and not needs_more(near, pairs_so_far=16)
+    assert decide(near, bar=bar) == "undecided" and needs_more(near, bar=bar, pairs_so_far=16)
+    assert decide(_estimate(0.9995, 1.0020), bar=bar) == "commit"
 
 
 def test_adaptive_sampling_spends_pairs_on_close_calls():
