@@ -1,6 +1,9 @@
 """The lineage: every candidate ever evaluated, committed or not, as a networkx DiGraph.
 
-Nodes carry a `Candidate` record (as a dict); edges run parent -> child. The graph is persisted
+Nodes carry a `Candidate` record (as a dict); edges run parent -> child. A committed node carries
+its `speed` (extra["speed"]): its ratio to the incumbent it was judged against times that node's
+speed, the seed 1.0, so the commits of one suite and arch stand on one scale and `commit_bar` can
+keep the commit tolerance from adding up along the chain. The graph is persisted
 in a directory (the tracked `archive/` by default) as versioned node-link JSON plus the kernel
 source of every committed node, so `load(save(g))` gives the same graph and a killed run resumes
 from the last write. Every write goes through a temp file and an atomic rename.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -115,12 +119,56 @@ class Lineage:
 
     def best(self, suite: str | None = None, arch: str | None = None) -> Candidate | None:
         """The incumbent: the latest node recorded committed, optionally of one suite/arch. A node is
-        committed only when it is at least as fast as the incumbent of its time, measured side by
-        side, so the latest is the best so far; geomeans taken in different runs drift and are not
-        compared."""
+        committed only when, measured side by side with the incumbent of its time, it is at most
+        COMMIT_TOLERANCE below the best so far (commit_bar), so the latest is the best so far up to
+        that tolerance, which does not add up over commits; geomeans taken in different runs drift
+        and are not compared."""
         committed = [c for c in self.nodes("committed")
                      if (suite is None or c.suite == suite) and (arch is None or c.arch == arch)]
         return max(committed, key=lambda c: c.committed_at or c.created) if committed else None
+
+    def speed(self, node: Candidate | str) -> float:
+        """A committed node's speed on its chain's scale: extra["speed"] where it was recorded, else
+        its recorded ratio times the speed of the node it was judged against (extra["judged_against"],
+        or avo.eval's "timed_against"), recursively; 1.0 for the seed, a node judged against no
+        incumbent, and an older node that does not say what it was judged against. An incumbent of
+        another suite lends its speed as it stands (the closest estimate there is)."""
+        with self.lock:
+            if isinstance(node, str) and node not in self.graph:
+                raise LineageError(f"no node {node!r} in the lineage at {self.root}")
+            # a Candidate speaks for itself: the one being recorded may still be pending in the graph
+            extra = self.graph.nodes[node]["extra"] if isinstance(node, str) else node.extra
+            seen, factors = {node if isinstance(node, str) else node.id}, []
+            while "speed" not in extra:
+                ratio = extra.get("ratio")
+                against = extra.get("judged_against") or extra.get("timed_against")
+                if ratio is None or against is None or against in seen or against not in self.graph:
+                    return math.prod(factors)  # the start of a chain: 1.0
+                factors.append(ratio)
+                seen.add(against)
+                extra = self.graph.nodes[against]["extra"]
+            return extra["speed"] * math.prod(factors)
+
+    def commit_bar(self, incumbent: Candidate | str | None, suite: str | None = None,
+                   arch: str | None = None) -> float:
+        """The lower bound a candidate's paired ratio to `incumbent` must clear to be committed:
+        (1 - COMMIT_TOLERANCE) * best / speed(incumbent), best the highest speed of the committed
+        nodes of `suite` and `arch` (default: the incumbent's) and of the incumbent itself. Against
+        the best so far it is 1 - COMMIT_TOLERANCE; against an incumbent committed 0.4% below the best,
+        ~0.999. None (no incumbent) or a node not in this lineage: 1 - COMMIT_TOLERANCE."""
+        from avo.stats import COMMIT_BAR
+
+        with self.lock:
+            node_id = getattr(incumbent, "id", incumbent)
+            if node_id is None or node_id not in self.graph:
+                return COMMIT_BAR
+            attrs = self.graph.nodes[node_id]
+            suite = attrs["suite"] if suite is None else suite
+            arch = attrs["arch"] if arch is None else arch
+            own = self.speed(node_id)
+            best = max([own] + [self.speed(n) for n, a in self.graph.nodes(data=True)
+                                if a["status"] == "committed" and a["suite"] == suite and a["arch"] == arch])
+            return COMMIT_BAR if best <= own else COMMIT_BAR * best / own
 
     def committed_path(self, suite: str | None = None, arch: str | None = None) -> list[Candidate]:
         """The chain of committed ancestors of the incumbent, seed first."""
@@ -166,6 +214,8 @@ class Lineage:
                 atomic_write(self.root / rel, source_text)
                 candidate.source_path = str(rel)
                 candidate.committed_at = candidate.committed_at or time.time()
+                if "speed" not in candidate.extra:
+                    candidate.extra["speed"] = self.speed(candidate)
             self.graph.add_node(candidate.id, **_attrs(candidate))
             for parent in candidate.parents:
                 self.graph.add_edge(parent, candidate.id)

@@ -77,3 +77,45 @@ def test_writes_leave_no_temp_files(tmp_path):
     _grow(tmp_path)
     leftovers = [p.name for p in tmp_path.rglob(".*") if p.is_file()]
     assert leftovers == []
+
+
+def _commit(lineage, node_id, ratio, against, suite="mha", **extra):
+    """A node committed at `ratio` to `against`, as avo.evolve records one (judged_against)."""
+    return lineage.add(Candidate(id=node_id, parents=[against] if against else [], status="committed", suite=suite,
+                                 arch="sm_90a", extra={"ratio": ratio, "judged_against": against, **extra}),
+                       source_text=f"KERNEL = {node_id!r}\n")
+
+
+def test_a_fresh_chain_has_the_bare_bar_and_speeds_multiply_along_commits(tmp_path):
+    lineage = Lineage(tmp_path)
+    assert lineage.commit_bar(None) == 0.995  # no incumbent yet
+    _commit(lineage, "v0000", None, None)
+    assert lineage.get("v0000").extra["speed"] == 1.0 and lineage.commit_bar("v0000") == 0.995
+    _commit(lineage, "v0001", 0.996, "v0000")  # a tie within the tolerance: committed
+    assert lineage.get("v0001").extra["speed"] == pytest.approx(0.996)
+    assert lineage.commit_bar("v0001") == pytest.approx(0.995 / 0.996) == pytest.approx(0.999, abs=1e-4)
+    _commit(lineage, "v0002", 1.002, "v0001")  # clears ~0.999: 0.998 of the seed
+    assert lineage.get("v0002").extra["speed"] == pytest.approx(0.996 * 1.002)
+    assert lineage.commit_bar("v0002") == pytest.approx(0.995 / (0.996 * 1.002))
+    _commit(lineage, "v0003", 1.01, "v0002")  # a gain past the seed: the best so far, the bar is back at 0.995
+    assert lineage.speed("v0003") == pytest.approx(0.996 * 1.002 * 1.01) and lineage.commit_bar("v0003") == 0.995
+    assert Lineage.load(tmp_path).get("v0003").extra["speed"] == pytest.approx(1.00797, abs=1e-5)  # persisted
+    # the bar is for the chain of one suite and arch: a gqa node of speed 1 does not raise it
+    _commit(lineage, "v0004", 0.99, "v0003", suite="gqa")
+    assert lineage.commit_bar("v0003") == 0.995 and lineage.commit_bar("v0004") == 0.995
+
+
+def test_older_nodes_derive_their_speed_from_what_they_were_timed_against(tmp_path):
+    """Nodes recorded before `speed` was kept: ratio times the speed of extra["judged_against"] (or
+    avo.eval's "timed_against"), recursively; 1.0 where nothing says what a node was judged against."""
+    lineage = Lineage(tmp_path)
+    for node_id, extra in (("v0000", {}), ("v0001", {"ratio": 1.02}),  # judged against what, it does not say
+                           ("v0002", {"ratio": 0.997, "judged_against": "v0001"}),
+                           ("v0003", {"ratio": 0.996, "timed_against": "v0002"})):
+        lineage.add(Candidate(id=node_id, status="committed", suite="mha", arch="sm_90a", extra=extra), "k")
+        lineage.graph.nodes[node_id]["extra"].pop("speed")  # as an older avo wrote it
+    assert [lineage.speed(n) for n in ("v0000", "v0001")] == [1.0, 1.0]
+    assert lineage.speed("v0003") == pytest.approx(0.997 * 0.996)
+    assert lineage.commit_bar("v0003") == pytest.approx(0.995 / (0.997 * 0.996))
+    with pytest.raises(LineageError, match="no node 'v9'"):
+        lineage.speed("v9")
