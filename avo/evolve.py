@@ -133,17 +133,19 @@ class Run:
 
     def judge(self, node: Candidate, source: Path | None = None, gpu: int | None = None) -> Verdict:
         """Evaluate a reserved node (on `gpu`, else on a free GPU of evaluation.gpus) and record the
-        verdict; returns it. A commit is recorded only while the incumbent it was judged against is
-        still the incumbent: when a step on another GPU committed in the meantime, the candidate is
-        judged again, on the same GPU, against the new incumbent (event `rejudge`), until its verdict
-        is no commit or its incumbent is still the latest. The check and the record hold the run's
+        verdict; returns it. It is judged against the incumbent with the lineage's commit bar for it
+        (Lineage.commit_bar: the tolerance left between the incumbent and the best so far). A commit
+        is recorded only while the incumbent it was judged against is still the incumbent: when a
+        step on another GPU committed in the meantime, the candidate is judged again, on the same
+        GPU, against the new incumbent and with its bar (event `rejudge`), until its verdict is no
+        commit or its incumbent is still the latest. The check and the record hold the run's
         lock, so no commit can land between them."""
         source = source or Path(node.source_path)
         earlier: list[str | None] = []  # incumbents it was judged against before this one
         while True:
             with self.lock:
-                best = self.lineage.best(self.config.suite, self.config.arch)
-            verdict = self._evaluate([(node, source)], best, gpus=None if gpu is None else (gpu,))[0]
+                best, bar = self._incumbent_and_bar()
+            verdict = self._evaluate([(node, source)], best, bar, gpus=None if gpu is None else (gpu,))[0]
             with self.lock:
                 now = self.lineage.best(self.config.suite, self.config.arch)
                 if verdict.status != "committed" or _id(now) == _id(best):
@@ -162,8 +164,9 @@ class Run:
         """Evaluate reserved nodes at once, each against the same incumbent, then record them (here
         only: a Ray node never writes the lineage). Commits are recorded slowest first, so the
         latest commit (the next incumbent) is the fastest of the batch."""
-        best = self.lineage.best(self.config.suite, self.config.arch)
-        verdicts = self._evaluate(items, best)
+        with self.lock:
+            best, bar = self._incumbent_and_bar()
+        verdicts = self._evaluate(items, best, bar)
         order = sorted(range(len(items)), key=lambda i: (verdicts[i].status == "committed", verdicts[i].ratio or 0.0))
         for i in order:
             node, source = items[i]
@@ -171,16 +174,21 @@ class Run:
             self.record(node, verdicts[i], (source or Path(node.source_path)).read_text())
         return verdicts
 
-    def _evaluate(self, items: list[tuple[Candidate, Path | None]], best: Candidate | None,
+    def _incumbent_and_bar(self) -> tuple[Candidate | None, float]:
+        """The incumbent of the run's suite and arch, and the lower bound a ratio to it must clear."""
+        best = self.lineage.best(self.config.suite, self.config.arch)
+        return best, self.lineage.commit_bar(best, self.config.suite, self.config.arch)
+
+    def _evaluate(self, items: list[tuple[Candidate, Path | None]], best: Candidate | None, bar: float,
                   gpus: tuple[int, ...] | None = None) -> list[Verdict]:
-        """The verdicts of reserved nodes against the committed node `best` (None: no incumbent),
-        on `gpus` (default evaluation.gpus) or on the Ray cluster."""
+        """The verdicts of reserved nodes against the committed node `best` (None: no incumbent) with
+        the commit bar `bar`, on `gpus` (default evaluation.gpus) or on the Ray cluster."""
         cfg = self.config.evaluation
         incumbent = self.lineage.root / best.source_path if best else None
         archs = tuple(dict.fromkeys((self.config.arch, *self.config.compile_archs)))
         kwargs = dict(suite=self.config.suite, archs=archs, incumbent=incumbent,
                       compile_only=True if self.compile_only else None, timeout_s=cfg.timeout_s, seeds=cfg.seeds,
-                      rounds=cfg.rounds, baselines=cfg.baselines if incumbent is None else ())
+                      rounds=cfg.rounds, baselines=cfg.baselines if incumbent is None else (), commit_bar=bar)
         jobs = [(node.id, source or Path(node.source_path)) for node, source in items]
         if self.backend is None:  # this host: one isolated worker per GPU of evaluation.gpus
             return evaluate_local(self.evaluate_fn, jobs, kwargs,

@@ -87,6 +87,12 @@ class HarnessWorkbench:
     def incumbent_source(self) -> Path | None:
         return self.run.incumbent_source(self.incumbent) if self.incumbent else self.run.incumbent_source()
 
+    def commit_bar(self) -> float:
+        """The lower bound a ratio to the incumbent benchmark compares with must clear to commit."""
+        run = self.run
+        incumbent = self.incumbent or run.lineage.best(run.config.suite, run.config.arch)
+        return run.lineage.commit_bar(incumbent, run.config.suite, run.config.arch)
+
     def subset_suite(self, configs: list[str]) -> str:
         """A suite file holding only `configs` of the run's suite (timed or correctness-only ones),
         under the run directory; its path is what the cascade is given."""
@@ -135,8 +141,9 @@ class HarnessWorkbench:
         if self.run.compile_only:
             return {"ok": False, "error": f"no {self.run.config.arch} GPU here: nothing can be timed"}
         suite = self.subset_suite(configs) if configs else None
+        bar = self.commit_bar()
         verdict = self._evaluate(path, suite=suite, stage="benchmark", incumbent=self.incumbent_source(),
-                                 baselines=tuple(self.run.config.evaluation.baselines))
+                                 baselines=tuple(self.run.config.evaluation.baselines), commit_bar=bar)
         per_config = {}
         for name, tflops in verdict.scores.items():
             row = {"tflops": round(tflops, 1)}
@@ -150,6 +157,7 @@ class HarnessWorkbench:
         return {"ok": verdict.status in ("committed", "rejected"), "status_if_submitted": verdict.status,
                 "diagnosis": verdict.diagnosis, "configs": per_config, "geomean": verdict.geomean,
                 "incumbent_geomean": verdict.incumbent_geomean, "ratio": verdict.ratio, "noise": verdict.noise,
+                "commit_bar": round(bar, 4),
                 **({"ratio_ci": verdict.ratio_ci} if getattr(verdict, "ratio_ci", None) is not None else {})}
 
     def submit(self, path: Path, rationale: str) -> dict:

@@ -1,7 +1,7 @@
 """`python tests/evolve_fake_gpus.py <avo.evolve args>`: the real evolve loop on a host that, as far
 as the run can tell, has sm_90a GPUs, with a stand-in for the cascade: a candidate's speed is
-written in its text (`# speed: 120`, the first one; 100 without), and it is committed when not
-slower than its incumbent beyond the commit tolerance, as the real rule would. Every call is kept
+written in its text (`# speed: 120`, the first one; 100 without), and it is committed when its
+ratio to the incumbent clears the commit bar the run passes (`commit_bar`), as the real rule would. Every call is kept
 in CALLS (source and incumbent file names, GPU, stage), and HOOKS[source file name] runs before a
 judge of that source answers: how a test orders two steps' judges."""
 
@@ -27,7 +27,8 @@ def speed(text: str) -> float:
     return float(found.group(1)) if found else 100.0
 
 
-def fake_evaluate(source, suite=None, archs=(), incumbent=None, gpu=None, compile_only=None, stop_after=None, **_):
+def fake_evaluate(source, suite=None, archs=(), incumbent=None, gpu=None, compile_only=None, stop_after=None,
+                  commit_bar=1 - 0.005, **_):
     stage = "compile" if compile_only else stop_after or "judge"
     call = {"source": Path(source).name, "incumbent": Path(incumbent).name if incumbent else None, "gpu": gpu,
             "stage": stage, "start": time.time()}
@@ -40,7 +41,7 @@ def fake_evaluate(source, suite=None, archs=(), incumbent=None, gpu=None, compil
     mine = speed(Path(source).read_text())
     theirs = speed(Path(incumbent).read_text()) if incumbent else None
     ratio = mine / theirs if theirs else None
-    commit = ratio is None or ratio >= 1 - 0.005
+    commit = ratio is None or ratio >= commit_bar
     return Verdict("committed" if commit else "rejected", "done", f"fake speed {mine:.0f}", scores={"only": mine},
                    geomean=mine, ratio=ratio, noise=0.002, gain=ratio is not None and ratio > 1.0,
                    incumbent_scores={"only": theirs} if theirs else {})

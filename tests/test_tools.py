@@ -185,11 +185,17 @@ def test_benchmark_on_a_subset_reports_fa4_and_cudnn_per_config(tmp_path):
 
     cfg = SimpleNamespace(suite="tiny", arch="sm_90a", compile_archs=("sm_90a",),
                           evaluation=SimpleNamespace(timeout_s=300, seeds=1, rounds=2, baselines=("fa4", "cudnn")))
-    run = SimpleNamespace(config=cfg, dir=tmp_path, compile_only=False, evaluate_fn=evaluate,
+    # the incumbent was committed at 0.996 of the seed: what it is benchmarked against must clear ~0.999
+    lineage = Lineage(tmp_path / "archive")
+    lineage.add(Candidate(id="v0000", status="committed", suite="tiny", arch="sm_90a"), "seed")
+    lineage.add(Candidate(id="v0001", parents=["v0000"], status="committed", suite="tiny", arch="sm_90a",
+                          extra={"ratio": 0.996, "judged_against": "v0000"}), "tie")
+    run = SimpleNamespace(config=cfg, dir=tmp_path, compile_only=False, evaluate_fn=evaluate, lineage=lineage,
                           incumbent_source=lambda: tmp_path / "inc.py")
     out = HarnessWorkbench(run, None, deadline=time.monotonic() + 42).benchmark(tmp_path / "c.py",
                                                                                  configs=["mha4x4_s512_full"])
     assert load_suite(seen["suite"]).timed[0].name == "mha4x4_s512_full" and seen["baselines"] == ("fa4", "cudnn")
+    assert seen["commit_bar"] == pytest.approx(0.995 / 0.996) and out["commit_bar"] == 0.999
     assert 40 < seen["timeout_s"] <= 42  # the step's deadline bounds the evaluation
     row = out["configs"]["mha4x4_s512_full"]
     assert (row["fa4"], row["vs_fa4"], row["cudnn"], row["vs_cudnn"], row["incumbent"]) == (20.0, 0.5, 8.0, 1.25, 11.0)
