@@ -20,6 +20,7 @@ from pathlib import Path
 from avo import jit
 from avo.evaluate import Verdict, evaluate
 from avo.lineage import Candidate, Lineage, LineageError
+from avo.stats import COMMIT_BAR
 from avo.suites import SuiteError, load_suite
 
 __all__ = ["main", "resolve_source"]
@@ -76,14 +77,17 @@ def main(argv=None) -> int:
     except (LineageError, SuiteError, FileNotFoundError, jit.CompileError) as exc:
         print(f"avo.eval: {exc}", file=sys.stderr)
         return 2
+    # what a candidate must clear against this incumbent: more than the tolerance where it is below the best
+    bar = lineage.commit_bar(incumbent_id, args.suite, arch)
     if args.record:
-        return _record_elsewhere(args, lineage, source, incumbent_id, arch)
+        return _record_elsewhere(args, lineage, source, incumbent_id, arch, bar)
     print(f"evaluating {source} on suite {args.suite} for {', '.join(archs)}"
-          f"{' (compile-only)' if args.compile_only else ''}; incumbent: {incumbent_id or incumbent or 'none'}",
+          f"{' (compile-only)' if args.compile_only else ''}; incumbent: {incumbent_id or incumbent or 'none'}"
+          + (f" (commit bar {bar:.4f}: it is {COMMIT_BAR / bar:.4f} of the best so far)" if bar > COMMIT_BAR else ""),
           flush=True)
     verdict = evaluate(source, suite=args.suite, archs=archs, incumbent=incumbent,
                        compile_only=True if args.compile_only else None, timeout_s=args.timeout,
-                       seeds=args.seeds, baselines=tuple(b for b in args.baselines.split(",") if b))
+                       seeds=args.seeds, baselines=tuple(b for b in args.baselines.split(",") if b), commit_bar=bar)
     print(format_verdict(verdict))
     if args.json:
         Path(args.json).write_text(json.dumps(verdict.as_dict(), indent=1))
@@ -94,9 +98,10 @@ def main(argv=None) -> int:
     return 0 if verdict.status in ("committed", "screened") else 1
 
 
-def _record_elsewhere(args, lineage: Lineage, source: Path, incumbent_id: str | None, arch: str) -> int:
+def _record_elsewhere(args, lineage: Lineage, source: Path, incumbent_id: str | None, arch: str, bar: float) -> int:
     """Record a verdict produced by `--json` on another machine. The source must be the one that was
-    judged: the verdict carries no copy of it, so the node says where the verdict came from."""
+    judged: the verdict carries no copy of it, so the node says where the verdict came from. A commit
+    is decided again on its interval against this lineage's commit bar for the incumbent (`bar`)."""
     try:
         verdict = Verdict(**json.loads(Path(args.record).read_text()))
     except (OSError, ValueError, TypeError) as exc:
@@ -107,11 +112,27 @@ def _record_elsewhere(args, lineage: Lineage, source: Path, incumbent_id: str | 
         print(f"avo.eval: --record {args.record}: its configs are not suite {args.suite!r}'s; name the suite it "
               f"was judged on with --suite", file=sys.stderr)
         return 2
+    _redecide(verdict, bar, incumbent_id)
     node = _record(lineage, source, verdict, parent=args.parent or incumbent_id, incumbent=incumbent_id,
                    author=args.author, rationale=args.rationale, extra={"recorded_from": Path(args.record).name},
                    suite=args.suite, arch=arch)
     print(f"recorded {node.id} as {node.status} in {lineage.root} (verdict from {args.record})")
     return 0
+
+
+def _redecide(verdict: Verdict, bar: float, incumbent_id: str | None) -> None:
+    """A commit measured elsewhere, whose lower bound does not clear `bar` here (the machine that measured
+    it may have decided on the bare tolerance), becomes a rejection, with why. Never the other way:
+    only a commit went through the sanitizer."""
+    if verdict.status != "committed" or not verdict.ratio_ci:
+        return
+    lo = verdict.ratio_ci[0]
+    verdict.commit_bar = max(bar, verdict.commit_bar or bar)
+    if lo >= bar:
+        return
+    verdict.status = "rejected"
+    verdict.diagnosis = (f"{verdict.diagnosis}; recorded rejected: its lower bound {lo:.4f} is below the commit bar "
+                         f"{bar:.4f} (the incumbent {incumbent_id} is {COMMIT_BAR / bar:.4f} of the best so far)")
 
 
 def _incumbent(choice: str, lineage: Lineage, arch: str) -> tuple[str | None, str | None]:
@@ -148,6 +169,8 @@ def _record(lineage: Lineage, source: Path, verdict, parent: str | None, incumbe
     node.extra.update(extra or {})
     if incumbent and incumbent != parent:
         node.extra["timed_against"] = incumbent
+    # what its ratio is to: its speed in the lineage is that node's times the ratio (Lineage.speed)
+    node.extra["judged_against"] = incumbent if getattr(verdict, "ratio", None) is not None else None
     return lineage.add(node, source_text=text if verdict.status == "committed" else None)
 
 

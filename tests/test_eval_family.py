@@ -1,6 +1,9 @@
 """`avo.eval --submit`: a node's family (its template) is part of its identity."""
 
+from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from avo import jit
 from avo.eval import _record
@@ -93,3 +96,63 @@ def test_a_template_render_keeps_its_knob_table_and_a_hand_edit_does_not(tmp_pat
     edited.write_text(rendered + "\n# a hand edit\n")
     assert _record(lineage, edited, _verdict("rejected"), parent="v0000").knobs == {}
     assert _record(lineage, jit.render("flash_fwd_sm90"), _verdict("rejected"), parent="v0000").knobs == table
+
+
+def test_a_verdict_written_elsewhere_is_recorded_against_this_lineages_commit_bar(tmp_path, capsys):
+    """The incumbent v0001 was committed at 0.996 of the seed. A verdict that a GPU machine committed on
+    the bare tolerance, 0.9959x [0.9950, 0.9965] vs v0001 (0.992 of the best so far), is recorded
+    rejected, saying why; one that clears 0.995 / 0.996 is recorded committed, with its speed."""
+    import json
+
+    from avo.eval import main
+    from avo.evaluate import Verdict, apply_commit_rule
+
+    lineage = _archive(tmp_path)
+    lineage.update("v0000", suite="mha", arch="sm_90a")
+    flash = jit.render("flash_fwd_sm90", jit.load_knobs("flash_fwd_sm90"))
+    lineage.add(Candidate(id="v0001", parents=["v0000"], status="committed", template="flash_fwd_sm90", suite="mha",
+                          arch="sm_90a", extra={"ratio": 0.996, "judged_against": "v0000"}), flash.read_text())
+    path = tmp_path / "verdict.json"
+    argv = [str(flash), "--archive", str(lineage.root), "--incumbent", "v0001", "--record", str(path), "--suite", "mha"]
+    recorded = []
+    for lo, hi in ((0.9950, 0.9965), (0.9992, 1.0010)):
+        elsewhere = Verdict("measured", "benchmark", scores={"mha16x16_s4k_full": 600.0}, estimate={
+            "ratio": (lo + hi) / 2, "ratio_ci": [lo, hi], "pairs": 32, "excluded": 0})
+        apply_commit_rule(elsewhere)  # as the GPU machine decided it: against 1 - COMMIT_TOLERANCE
+        assert elsewhere.status == "committed"
+        path.write_text(json.dumps(elsewhere.as_dict()))
+        assert main(argv) == 0
+        recorded.append(Lineage.load(lineage.root).nodes()[-1])
+    tie, clear = recorded
+    assert tie.status == "rejected" and not (lineage.root / "sources" / f"{tie.id}.py").exists()
+    assert tie.diagnosis.endswith("recorded rejected: its lower bound 0.9950 is below the commit bar 0.9990 (the "
+                                  "incumbent v0001 is 0.9960 of the best so far)")
+    assert tie.extra["commit_bar"] == pytest.approx(0.995 / 0.996) and "speed" not in tie.extra
+    assert clear.status == "committed" and clear.extra["judged_against"] == "v0001"
+    assert clear.extra["speed"] == pytest.approx(0.996 * 1.0001)
+    assert Lineage.load(lineage.root).best("mha", "sm_90a").id == clear.id
+    assert "recorded" in capsys.readouterr().out
+
+
+def test_submit_judges_with_the_lineages_commit_bar_for_the_incumbent(tmp_path, monkeypatch, capsys):
+    from avo import eval as eval_cli
+    from avo.evaluate import Verdict
+
+    lineage = _archive(tmp_path)
+    lineage.update("v0000", suite="mha", arch="sm_90a")
+    flash = jit.render("flash_fwd_sm90", jit.load_knobs("flash_fwd_sm90"))
+    lineage.add(Candidate(id="v0001", parents=["v0000"], status="committed", template="flash_fwd_sm90", suite="mha",
+                          arch="sm_90a", extra={"ratio": 0.996, "judged_against": "v0000"}), flash.read_text())
+    asked = []
+
+    def evaluate(source, incumbent=None, commit_bar=None, **_):
+        asked.append((Path(incumbent).name, commit_bar))
+        return Verdict("rejected", "done", "below the commit bar")
+
+    monkeypatch.setattr(eval_cli, "evaluate", evaluate)
+    argv = [str(flash), "--archive", str(lineage.root), "--suite", "mha", "--submit"]
+    assert eval_cli.main(argv) == 1
+    assert asked == [("v0001.py", pytest.approx(0.995 / 0.996))]
+    assert "incumbent: v0001 (commit bar 0.9990: it is 0.9960 of the best so far)" in capsys.readouterr().out
+    assert eval_cli.main([*argv, "--incumbent", "v0000"]) == 1  # the seed is the best so far: the bare tolerance
+    assert asked[-1] == ("v0000.py", 0.995)
