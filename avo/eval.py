@@ -74,6 +74,7 @@ def main(argv=None) -> int:
         incumbent, incumbent_id = _incumbent(args.incumbent, lineage, arch)
         if args.parent:
             lineage.get(args.parent)  # an unknown id fails here, before anything runs
+        _check_recordable(args, lineage, incumbent_id, arch)
     except (LineageError, SuiteError, FileNotFoundError, jit.CompileError) as exc:
         print(f"avo.eval: {exc}", file=sys.stderr)
         return 2
@@ -133,6 +134,17 @@ def _redecide(verdict: Verdict, bar: float, incumbent_id: str | None) -> None:
     verdict.status = "rejected"
     verdict.diagnosis = (f"{verdict.diagnosis}; recorded rejected: its lower bound {lo:.4f} is below the commit bar "
                          f"{bar:.4f} (the incumbent {incumbent_id} is {COMMIT_BAR / bar:.4f} of the best so far)")
+
+
+def _check_recordable(args, lineage: Lineage, incumbent_id: str | None, arch: str) -> None:
+    """A recorded commit becomes an incumbent, so it must have been judged against a node of this
+    lineage: against a file or nothing it would start a chain of its own at speed 1.0 and step round
+    the commit bar. Only the first commit of an arch may be judged against nothing."""
+    committed = lineage.best(arch=arch)
+    if (args.submit or args.record) and incumbent_id is None and committed is not None:
+        raise LineageError(f"--{'submit' if args.submit else 'record'} judges against a node of the lineage "
+                           f"({committed.id} is the newest commit for {arch}): use --incumbent best or a node id, "
+                           f"not {args.incumbent!r}")
 
 
 def _incumbent(choice: str, lineage: Lineage, arch: str) -> tuple[str | None, str | None]:

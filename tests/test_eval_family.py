@@ -156,3 +156,27 @@ def test_submit_judges_with_the_lineages_commit_bar_for_the_incumbent(tmp_path, 
     assert "incumbent: v0001 (commit bar 0.9990: it is 0.9960 of the best so far)" in capsys.readouterr().out
     assert eval_cli.main([*argv, "--incumbent", "v0000"]) == 1  # the seed is the best so far: the bare tolerance
     assert asked[-1] == ("v0000.py", 0.995)
+
+
+def test_a_commit_is_recorded_only_when_judged_against_a_node_of_the_lineage(tmp_path, monkeypatch, capsys):
+    """Against a file or nothing, a recorded commit would start a chain of its own at speed 1.0 and
+    step round the commit bar: once the arch has a commit, --submit and --record refuse both."""
+    from avo import eval as eval_cli
+    from avo.evaluate import Verdict
+
+    lineage = _archive(tmp_path)
+    lineage.update("v0000", suite="mha", arch="sm_90a")
+    flash = jit.render("flash_fwd_sm90", jit.load_knobs("flash_fwd_sm90"))
+    monkeypatch.setattr(eval_cli, "evaluate", lambda *a, **k: Verdict("committed", "done", "no incumbent"))
+    (tmp_path / "v.json").write_text("{}")
+    for extra in (["--submit"], ["--record", str(tmp_path / "v.json")]):
+        for incumbent in ("none", str(flash)):
+            argv = [str(flash), "--archive", str(lineage.root), "--suite", "mha", "--incumbent", incumbent, *extra]
+            assert eval_cli.main(argv) == 2
+            assert "(v0000 is the newest commit for sm_90a): use --incumbent best" in capsys.readouterr().err
+    assert len(Lineage.load(lineage.root)) == 1  # nothing recorded
+    assert eval_cli.main([str(flash), "--archive", str(lineage.root), "--suite", "mha", "--incumbent", "none"]) == 0
+    empty = Lineage.load(tmp_path / "fresh")  # the first commit of an arch has nothing to be judged against
+    assert eval_cli.main([str(flash), "--archive", str(empty.root), "--suite", "mha", "--incumbent", "none",
+                          "--submit"]) == 0
+    assert Lineage.load(empty.root).best("mha", "sm_90a") is not None
