@@ -140,7 +140,8 @@ The commit rule, applied by the harness after you call submit, not by you: the c
 compiled, checked against an fp32 reference on fresh random inputs for every config of the suite, \
 and benchmarked interleaved with the incumbent in the same run; it is committed only if it is \
 correct everywhere and its speed is not below the best so far beyond the measured noise \
-(never more than 0.5% below it: benchmark reports the commit bar its ratio to the incumbent must clear). \
+(never more than 0.5% below it: benchmark reports the commit bar its ratio to the incumbent must clear; \
+an interval wholly below 1 is a loss and is rejected). \
 A wrong result on any shape rejects it. A kernel module may import only the DSL (cutlass, cuda) and \
 plain Python helpers (math, typing, dataclasses, functools, ...). The harness rejects tricks: \
 skipped work, cached or stale outputs, side streams, lower precision, timer games. Do not try \

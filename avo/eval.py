@@ -122,18 +122,21 @@ def _record_elsewhere(args, lineage: Lineage, source: Path, incumbent_id: str | 
 
 
 def _redecide(verdict: Verdict, bar: float, incumbent_id: str | None) -> None:
-    """A commit measured elsewhere, whose lower bound does not clear `bar` here (the machine that measured
-    it may have decided on the bare tolerance), becomes a rejection, with why. Never the other way:
+    """A commit measured elsewhere that this lineage's rule refuses (its lower bound below `bar` here, as
+    the machine that measured it may have decided on the bare tolerance, or its interval wholly below
+    1) becomes a rejection, with why. Never the other way:
     only a commit went through the sanitizer."""
     if verdict.status != "committed" or not verdict.ratio_ci:
         return
-    lo = verdict.ratio_ci[0]
+    lo, hi = verdict.ratio_ci
     verdict.commit_bar = max(bar, verdict.commit_bar or bar)
-    if lo >= bar:
+    if lo >= bar and hi >= 1.0:
         return
     verdict.status = "rejected"
-    verdict.diagnosis = (f"{verdict.diagnosis}; recorded rejected: its lower bound {lo:.4f} is below the commit bar "
-                         f"{bar:.4f} (the incumbent {incumbent_id} is {COMMIT_BAR / bar:.4f} of the best so far)")
+    why = (f"its lower bound {lo:.4f} is below the commit bar {bar:.4f} (the incumbent {incumbent_id} is "
+           f"{COMMIT_BAR / bar:.4f} of the best so far)" if lo < bar else
+           f"its upper bound {hi:.4f} is below 1: shown slower than {incumbent_id}")
+    verdict.diagnosis = f"{verdict.diagnosis}; recorded rejected: {why}"
 
 
 def _check_recordable(args, lineage: Lineage, incumbent_id: str | None, arch: str) -> None:

@@ -17,7 +17,8 @@ Who runs what (README, "What the judge guarantees"):
 Fitness follows AVO: TFLOPS per timed config (all zero on any failure), geomean as the scalar. The
 commit decision is the paired estimator's (avo.stats): candidate and incumbent timed in
 alternating samples, the geometric-mean speed ratio with a 95% confidence interval; commit when
-its lower bound clears the commit bar, a gain when it clears 1. The bar is a ratio to the
+its lower bound clears the commit bar and its upper bound reaches 1 (an interval wholly below 1
+shows a loss, however small: rejected), a gain when the lower bound clears 1. The bar is a ratio to the
 incumbent: 1 - COMMIT_TOLERANCE times how far the best so far is above the incumbent
 (avo.lineage.Lineage.commit_bar). The tolerance lets a tie within noise commit; it does not add
 up: a commit 0.4% below the best so far raises the next bar to ~0.999 against it, and no commit
@@ -235,7 +236,8 @@ def _checked_bar(commit_bar: float | None) -> float:
 def apply_commit_rule(verdict: Verdict, commit_bar: float | None = None) -> None:
     """The commit rule on a measured verdict's paired estimate: commit when the interval's lower
     bound clears `commit_bar` (the lineage's Lineage.commit_bar for the incumbent it was timed
-    against; None: 1 - COMMIT_TOLERANCE), a gain when it clears 1. No incumbent: the first correct
+    against; None: 1 - COMMIT_TOLERANCE) and its upper bound reaches 1 (not shown slower), a gain
+    when the lower bound clears 1. No incumbent: the first correct
     kernel commits. Sets status, stage, ratio, interval, gain, geomeans, the bar and the diagnosis,
     which names the bar where it is above the bare tolerance."""
     from avo import stats
@@ -259,11 +261,14 @@ def apply_commit_rule(verdict: Verdict, commit_bar: float | None = None) -> None
     verdict.status = "committed" if decision == "commit" else "rejected"
     verdict.stage = "done"
     rule = f"tolerance {stats.COMMIT_TOLERANCE:.1%}"
-    if bar > stats.COMMIT_BAR:  # the incumbent is below the best so far: what is left of the tolerance
+    if est.lo >= bar and stats.shown_slower(est):
+        rule = f"shown slower: the upper bound is below 1; {rule} is for ties"
+    elif bar > stats.COMMIT_BAR:  # the incumbent is below the best so far: what is left of the tolerance
         rule = (f"{'clears' if decision == 'commit' else 'lower bound below'} the commit bar {bar:.4f}: "
                 f"the incumbent is {stats.COMMIT_BAR / bar:.4f} of the best so far, {rule} of the best")
+    said = "reject, still open at the sampling cap" if decision == "undecided" else decision
     verdict.diagnosis = (f"correct; geomean {verdict.geomean:.1f} TFLOPS; {est.format()} the incumbent "
-                         f"({decision}{', a gain' if verdict.gain else ''}; {rule})" + (f"; {vs}" if vs else ""))
+                         f"({said}{', a gain' if verdict.gain else ''}; {rule})" + (f"; {vs}" if vs else ""))
 
 
 def sanitizer_stage(entries: dict, suite: str, gpu: int | None) -> dict:

@@ -147,13 +147,20 @@ def relative_ratio(samples_a: dict[str, list[float]], samples_b: dict[str, list[
 
 
 def decide(estimate: RatioEstimate, bar: float = COMMIT_BAR) -> str:
-    """"commit" when the lower bound clears the bar (a ratio to the incumbent), "reject" when the upper
-    bound is below it, "undecided" while the interval straddles it."""
-    if estimate.lo >= bar:
-        return "commit"
+    """"commit" when the lower bound clears the bar (a ratio to the incumbent) and the interval does not
+    show the candidate slower (its upper bound reaches 1); "reject" when the upper bound is below the
+    bar, or below 1 (a loss the interval rules in, however small: the tolerance is for ties, not for
+    losses); "undecided" while the interval straddles the bar."""
     if estimate.hi < bar:
         return "reject"
+    if estimate.lo >= bar:
+        return "commit" if estimate.hi >= 1.0 else "reject"
     return "undecided"
+
+
+def shown_slower(estimate: RatioEstimate) -> bool:
+    """Slower than the incumbent at 97.5% one-sided confidence."""
+    return estimate.hi < 1.0
 
 
 def is_gain(estimate: RatioEstimate) -> bool:

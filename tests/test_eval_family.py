@@ -100,8 +100,8 @@ def test_a_template_render_keeps_its_knob_table_and_a_hand_edit_does_not(tmp_pat
 
 def test_a_verdict_written_elsewhere_is_recorded_against_this_lineages_commit_bar(tmp_path, capsys):
     """The incumbent v0001 was committed at 0.996 of the seed. A verdict that a GPU machine committed on
-    the bare tolerance, 0.9959x [0.9950, 0.9965] vs v0001 (0.992 of the best so far), is recorded
-    rejected, saying why; one that clears 0.995 / 0.996 is recorded committed, with its speed."""
+    the bare tolerance, 0.9978x [0.9952, 1.0003] vs v0001, is recorded rejected, saying why; one that
+    clears 0.995 / 0.996 is recorded committed, with its speed."""
     import json
 
     from avo.eval import main
@@ -115,7 +115,7 @@ def test_a_verdict_written_elsewhere_is_recorded_against_this_lineages_commit_ba
     path = tmp_path / "verdict.json"
     argv = [str(flash), "--archive", str(lineage.root), "--incumbent", "v0001", "--record", str(path), "--suite", "mha"]
     recorded = []
-    for lo, hi in ((0.9950, 0.9965), (0.9992, 1.0010)):
+    for lo, hi in ((0.9952, 1.0003), (0.9992, 1.0010)):
         elsewhere = Verdict("measured", "benchmark", scores={"mha16x16_s4k_full": 600.0}, estimate={
             "ratio": (lo + hi) / 2, "ratio_ci": [lo, hi], "pairs": 32, "excluded": 0})
         apply_commit_rule(elsewhere)  # as the GPU machine decided it: against 1 - COMMIT_TOLERANCE
@@ -125,13 +125,21 @@ def test_a_verdict_written_elsewhere_is_recorded_against_this_lineages_commit_ba
         recorded.append(Lineage.load(lineage.root).nodes()[-1])
     tie, clear = recorded
     assert tie.status == "rejected" and not (lineage.root / "sources" / f"{tie.id}.py").exists()
-    assert tie.diagnosis.endswith("recorded rejected: its lower bound 0.9950 is below the commit bar 0.9990 (the "
+    assert tie.diagnosis.endswith("recorded rejected: its lower bound 0.9952 is below the commit bar 0.9990 (the "
                                   "incumbent v0001 is 0.9960 of the best so far)")
     assert tie.extra["commit_bar"] == pytest.approx(0.995 / 0.996) and "speed" not in tie.extra
     assert clear.status == "committed" and clear.extra["judged_against"] == "v0001"
     assert clear.extra["speed"] == pytest.approx(0.996 * 1.0001)
     assert Lineage.load(lineage.root).best("mha", "sm_90a").id == clear.id
     assert "recorded" in capsys.readouterr().out
+    # decided before an interval wholly below 1 was a loss: committed there, recorded rejected here
+    older = Verdict("committed", "done", "0.9959x", scores={"mha16x16_s4k_full": 600.0}, ratio=0.9959,
+                    ratio_ci=[0.9950, 0.9965])
+    path.write_text(json.dumps(older.as_dict()))
+    assert main([*argv[:3], "--incumbent", "v0000", *argv[5:]]) == 0  # the best so far: the bar is 0.995
+    slower = Lineage.load(lineage.root).nodes()[-1]
+    assert slower.status == "rejected" and slower.diagnosis.endswith(
+        "recorded rejected: its upper bound 0.9965 is below 1: shown slower than v0000")
 
 
 def test_submit_judges_with_the_lineages_commit_bar_for_the_incumbent(tmp_path, monkeypatch, capsys):

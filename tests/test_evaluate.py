@@ -40,16 +40,22 @@ def test_commit_rule_is_on_the_confidence_interval(lo, hi, status, gain):
 
 
 def test_a_raised_commit_bar_is_what_the_interval_must_clear_and_the_diagnosis_says_so():
-    """Against an incumbent committed at 0.996 of the best so far the bar is 0.995 / 0.996: the
-    GPU-seen 0.9959x [0.9950, 0.9965] commits at the bare tolerance and is rejected there."""
+    """Against an incumbent committed at 0.996 of the best so far the bar is 0.995 / 0.996: a tie
+    0.9978x [0.9952, 1.0003] commits at the bare tolerance and is rejected there. The GPU-seen
+    0.9959x [0.9950, 0.9965] is rejected even at the bare tolerance: its interval shows a loss."""
     bar = (1 - COMMIT_TOLERANCE) / 0.996
-    bare, raised = _measured(0.9950, 0.9965, ratio=0.9959), _measured(0.9950, 0.9965, ratio=0.9959)
+    bare, raised = _measured(0.9952, 1.0003, ratio=0.9978), _measured(0.9952, 1.0003, ratio=0.9978)
     apply_commit_rule(bare)
     apply_commit_rule(raised, bar)
     assert (bare.status, bare.commit_bar) == ("committed", 0.995)
-    assert bare.diagnosis.endswith("0.9959x [0.9950, 0.9965] (1 excluded) the incumbent (commit; tolerance 0.5%)")
+    assert bare.diagnosis.endswith("0.9978x [0.9952, 1.0003] (1 excluded) the incumbent (commit; tolerance 0.5%)")
+    slower = _measured(0.9950, 0.9965, ratio=0.9959)
+    apply_commit_rule(slower)
+    assert slower.status == "rejected" and slower.diagnosis.endswith(
+        "0.9959x [0.9950, 0.9965] (1 excluded) the incumbent (reject; shown slower: the upper bound is below 1; "
+        "tolerance 0.5% is for ties)")
     assert (raised.status, raised.commit_bar) == ("rejected", pytest.approx(0.99900, abs=1e-5))
-    assert ("the incumbent (reject; lower bound below the commit bar 0.9990: the "
+    assert ("the incumbent (reject, still open at the sampling cap; lower bound below the commit bar 0.9990: the "
             "incumbent is 0.9960 of the best so far, tolerance 0.5% of the best)") in raised.diagnosis
     gain = _measured(1.0005, 1.0030)
     apply_commit_rule(gain, bar)
@@ -168,7 +174,7 @@ def test_the_commit_bar_reaches_the_judges_sampling_and_the_decision(fake_gpu):
     is clear of the bar) and the decision; without one both use 1 - COMMIT_TOLERANCE."""
     fake_gpu.update({"status": "measured", "stage": "benchmark", "scores": {"a": 500.0},
                      "incumbent_scores": {"a": 502.0},
-                     "estimate": {"ratio": 0.996, "ratio_ci": [0.9955, 0.9965], "pairs": 16, "excluded": 0}})
+                     "estimate": {"ratio": 0.998, "ratio_ci": [0.9955, 1.0005], "pairs": 16, "excluded": 0}})
     seed = jit.render("naive_attention")
     fresh = evaluate(seed, suite="tiny", incumbent=seed, sanitize=False)
     raised = evaluate(seed, suite="tiny", incumbent=seed, sanitize=False, commit_bar=0.999)

@@ -72,7 +72,7 @@ def test_the_log_line_shows_a_dash_for_no_geomean(tmp_path):
 
 def _speed_judge(calls: list, hooks: dict | None = None):
     """A stand-in for evaluate() on a GPU: a candidate's speed is written in its text (`# speed: 996`),
-    its paired ratio to the incumbent is speed / speed with a +-0.0005 interval, and the real commit
+    its paired ratio to the incumbent is speed / speed with a +-0.0025 interval, and the real commit
     rule (avo.evaluate.apply_commit_rule) decides with the commit_bar the run passes. hooks[file
     name] runs before the verdict of that file's first judge."""
     import re
@@ -91,7 +91,7 @@ def _speed_judge(calls: list, hooks: dict | None = None):
         if incumbent:
             ratio = speed(source) / speed(incumbent)
             verdict.incumbent_scores = {"only": speed(incumbent)}
-            verdict.estimate = {"ratio": ratio, "ratio_ci": [ratio - 0.0005, ratio + 0.0005], "pairs": 16,
+            verdict.estimate = {"ratio": ratio, "ratio_ci": [ratio - 0.0025, ratio + 0.0025], "pairs": 16,
                                 "excluded": 0}
         apply_commit_rule(verdict, commit_bar)
         return verdict
@@ -116,33 +116,34 @@ def _submit(run, speed: int):
 
 
 def test_ties_within_the_tolerance_do_not_add_up_along_commits(tmp_path, monkeypatch):
-    """A 0.996x tie commits once; a second 0.996x tie against it would be 0.992 of the best so far and
-    is rejected, the diagnosis saying why; a gain past the best so far puts the bar back at 0.995."""
+    """A 0.998x tie ([0.9955, 1.0005]) commits once; a second 0.998x tie against it would be 0.996 of the
+    best so far: against the bar 0.995 / 0.998 its interval stays open, and it is rejected, the diagnosis
+    saying why; a gain past the best so far puts the bar back at 0.995."""
     calls: list = []
     run = _measuring_run(tmp_path, monkeypatch, _speed_judge(calls))
     statuses = []
-    for speed in (1000, 996, 992, 1000, 996):
+    for speed in (1000, 998, 996, 1000, 998):
         verdict, node = _submit(run, speed)
         statuses.append(verdict.status)
-        if speed == 992:
+        if speed == 996:
             rejected = node
     assert statuses == ["committed", "committed", "rejected", "committed", "committed"]
-    assert [c["commit_bar"] for c in calls] == pytest.approx([0.995, 0.995, 0.995 / 0.996, 0.995 / 0.996, 0.995])
-    assert "lower bound below the commit bar 0.9990: the incumbent is 0.9960 of the best so far" in rejected.diagnosis
-    assert rejected.extra["commit_bar"] == pytest.approx(0.99900, abs=1e-5)
+    assert [c["commit_bar"] for c in calls] == pytest.approx([0.995, 0.995, 0.995 / 0.998, 0.995 / 0.998, 0.995])
+    assert "lower bound below the commit bar 0.9970: the incumbent is 0.9980 of the best so far" in rejected.diagnosis
+    assert rejected.extra["commit_bar"] == pytest.approx(0.99699, abs=1e-5)
     speeds = [c.extra["speed"] for c in sorted(run.lineage.nodes("committed"), key=lambda c: c.committed_at)]
-    assert speeds == pytest.approx([1.0, 0.996, 0.996 * 1000 / 996, 0.996])  # v0003 regained the seed's speed
+    assert speeds == pytest.approx([1.0, 0.998, 0.998 * 1000 / 998, 0.998])  # v0003 regained the seed's speed
 
 
 def test_a_commit_race_is_judged_again_with_the_new_incumbents_bar(tmp_path, monkeypatch):
-    """While v0002 is judged against the seed, a step on another GPU commits v0001 at 0.996: v0002 is
-    judged again against v0001, with v0001's bar (0.995 / 0.996), not the bare tolerance."""
+    """While v0002 is judged against the seed, a step on another GPU commits v0001 at 0.998: v0002 is
+    judged again against v0001, with v0001's bar (0.995 / 0.998), not the bare tolerance."""
     calls: list = []
     hooks: dict = {}
     judge = _speed_judge(calls, hooks)
     run = _measuring_run(tmp_path, monkeypatch, judge)
     _submit(run, 1000)
-    racer = run.reserve("agent", ["v0000"], "KERNEL = None\n# speed: 996\n")
+    racer = run.reserve("agent", ["v0000"], "KERNEL = None\n# speed: 998\n")
     seed = run.incumbent_source()
 
     def another_gpu_commits():  # what Run.judge does for the racer on its own GPU
@@ -154,7 +155,7 @@ def test_a_commit_race_is_judged_again_with_the_new_incumbents_bar(tmp_path, mon
     hooks[Path(node.source_path).name] = another_gpu_commits
     verdict = run.judge(node)
     assert [(c["source"], c["incumbent"], round(c["commit_bar"], 5)) for c in calls[1:]] == [
-        ("v0002.py", "v0000.py", 0.995), ("v0001.py", "v0000.py", 0.995), ("v0002.py", "v0001.py", 0.999)]
+        ("v0002.py", "v0000.py", 0.995), ("v0001.py", "v0000.py", 0.995), ("v0002.py", "v0001.py", 0.99699)]
     assert run.lineage.get("v0001").status == "committed"
     assert verdict.status == "committed" and run.lineage.get("v0002").extra["rejudged"] == ["v0000"]
     assert run.lineage.get("v0002").extra["speed"] == pytest.approx(1.0)

@@ -16,6 +16,7 @@ from avo.stats import (
     needs_more,
     paired_ratio,
     relative_ratio,
+    shown_slower,
 )
 
 
@@ -138,9 +139,13 @@ def test_decide_at_the_boundaries():
     assert decide(_estimate(0.98, edge)) == "undecided"
     assert decide(_estimate(0.98, np.nextafter(edge, 0))) == "reject"
     assert decide(_estimate(0.985, 0.992), bar=0.99) == "undecided"
-    assert decide(_estimate(0.985, 0.992), bar=0.98) == "commit"
+    assert decide(_estimate(0.985, 1.0), bar=0.98) == "commit"
     assert not is_gain(_estimate(1.0, 1.02)) and is_gain(_estimate(1.0001, 1.02))
-    assert decide(_estimate(0.996, 0.999)) == "commit" and not is_gain(_estimate(0.996, 0.999))
+    assert decide(_estimate(0.996, 1.002)) == "commit" and not is_gain(_estimate(0.996, 1.002))
+    # within the tolerance but shown slower (the interval wholly below 1): a loss, not a tie
+    assert decide(_estimate(0.996, 0.999)) == "reject" and shown_slower(_estimate(0.996, 0.999))
+    assert decide(_estimate(0.985, np.nextafter(1.0, 0)), bar=0.98) == "reject"
+    assert not shown_slower(_estimate(0.996, 1.0))
 
 
 def test_needs_more_only_while_undecided_and_under_the_cap():
@@ -156,16 +161,17 @@ def test_needs_more_only_while_undecided_and_under_the_cap():
 
 
 def test_a_raised_bar_decides_and_stops_sampling_against_itself():
-    """Against an incumbent 0.4% below the best so far the bar is ~0.999: a 0.996x interval that
-    commits at the bare tolerance is rejected there, and sampling stops on the bar, not the tolerance."""
+    """Against an incumbent 0.4% below the best so far the bar is ~0.999: a tie that commits at the bare
+    tolerance is open there (more pairs; rejected if still open at the cap), and sampling stops on the
+    bar, not the tolerance."""
     bar = COMMIT_BAR / 0.996
     assert bar == pytest.approx(0.99900, abs=1e-5)
-    tie = _estimate(0.9955, 0.9965, pairs=16)
-    assert decide(tie) == "commit" and decide(tie, bar=bar) == "reject"
-    assert not needs_more(tie, pairs_so_far=16) and not needs_more(tie, bar=bar, pairs_so_far=16)  # both decided
-    near = _estimate(0.9980, 1.0010, pairs=16)  # clears the tolerance, straddles the raised bar
-    assert decide(near) == "commit" and not needs_more(near, pairs_so_far=16)
-    assert decide(near, bar=bar) == "undecided" and needs_more(near, bar=bar, pairs_so_far=16)
+    tie = _estimate(0.9955, 1.0005, pairs=16)
+    assert decide(tie) == "commit" and not needs_more(tie, pairs_so_far=16)
+    assert decide(tie, bar=bar) == "undecided" and needs_more(tie, bar=bar, pairs_so_far=16)
+    assert not needs_more(tie, bar=bar, pairs_so_far=PAIR_CAP)  # open at the cap: the judge rejects it
+    slower = _estimate(0.9955, 0.9965, pairs=16)  # within the tolerance, but shown slower
+    assert decide(slower) == "reject" and decide(slower, bar=bar) == "reject" and not needs_more(slower)
     assert decide(_estimate(0.9995, 1.0020), bar=bar) == "commit"
 
 
