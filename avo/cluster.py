@@ -7,9 +7,10 @@ writer of the lineage.
   next candidate when its GPU is free: a candidate's judge (correctness, timing, the sanitizer)
   never shares its GPU with another candidate's. A commit is decided against an incumbent timed on
   the same GPU, in the same judge process, in alternating samples (avo.judge): never against a
-  number from another GPU. The compiles of a batch run first, side by side on the CPU, bounded
-  by the cores in one place (`_CORES`: one build process per two cores, avo.jit's own rule), so
-  a GPU's slot is held for its judge only.
+  number from another GPU. A candidate compiles before it asks for its GPU, side by side with
+  others on the CPU, bounded by the cores in one place (`_CORES`: one build process per two cores,
+  avo.jit's own rule), so a GPU's slot is held for its judge only; the knob operator keeps
+  `evaluation.lookahead` more candidates per GPU compiling while it judges (avo.evolve).
 - ray: one Ray task per candidate with `num_gpus=1` (0 for compile-only screening). Ray places it
   on a free GPU of some node, where it runs evaluate there (the node's sandbox, judge process and
   kernel cache). A task lost with its worker or node (Ray's failure detection) is an event `lost`

@@ -70,6 +70,9 @@ class EvaluationSection:
     rounds: int = 128  # cap on paired timing rounds per config (adaptive: stops once the decision is clear)
     baselines: tuple[str, ...] = ("fa4", "cudnn")  # measured in the same run on each commit
     gpus: tuple[int, ...] = (0,)  # one isolated worker per GPU: the knob operator evaluates one proposal on each
+    # knob proposals per GPU compiling on the CPU while the GPU judges another (local backend): with
+    # compiles slower than judges (mha suite on an H200: ~10 s against ~7 s) 2 keeps every GPU busy
+    lookahead: int = 2
     backend: str = "local"  # local: the GPUs of `gpus` on this host; ray: every GPU of a Ray cluster (avo.cluster)
     ray_address: str | None = None  # backend ray: "auto" (the cluster this host joined), HOST:PORT, ray://...;
     # None starts a Ray instance of this host's own
@@ -201,5 +204,8 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"evaluation.backend {config.evaluation.backend!r}: use local or ray")
     if config.evaluation.backend == "ray" and importlib.util.find_spec("ray") is None:
         raise ConfigError("evaluation.backend ray needs Ray: pip install -e \".[ray]\"")
+    if not 0 <= config.evaluation.lookahead <= 8:
+        raise ConfigError(f"evaluation.lookahead {config.evaluation.lookahead}: use 0 to 8 (candidates per GPU "
+                          "compiled ahead of its judge)")
     if config.budget.candidates < 1 or config.budget.wall_hours <= 0:
         raise ConfigError("budget.candidates and budget.wall_hours must be positive")

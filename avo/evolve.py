@@ -9,10 +9,13 @@ Everything a run writes is crash-safe: the lineage is rewritten atomically after
 node is written as `pending` before its evaluation starts), run state after every step. After a
 crash, a kill or Ctrl-C, `python -m avo.evolve --resume runs/<name>` continues where it stopped.
 
-With the agent operator and several GPUs (`evaluation.gpus`, local backend), one step runs per
-GPU at once, each on its own candidate file and GPU (avo.workbench); what they share, the lineage
-and the run state, is written under one lock (`Run.lock`), and a commit is recorded only while the
-incumbent it was judged against is still the incumbent (`Run.judge`).
+The knob operator on this host's GPUs streams (Run.knobs_streaming): per GPU, one proposal is judged
+while `evaluation.lookahead` more compile on the CPU; on a Ray cluster it goes in batches, one
+proposal per GPU of the cluster. With the agent operator and several GPUs (`evaluation.gpus`, local
+backend), one step runs per GPU at once, each on its own candidate file and GPU (avo.workbench);
+what they share, the lineage and the run state, is written under one lock (`Run.lock`), and a
+commit is recorded only while the incumbent it was judged against is still the incumbent
+(`Run.judge`).
 """
 
 from __future__ import annotations
@@ -304,6 +307,70 @@ class Run:
         if errors:
             raise errors[0]
 
+    def knobs_streaming(self, operator) -> str | None:
+        """The knob operator on this host's GPUs without a barrier between batches: per GPU of
+        evaluation.gpus, 1 + evaluation.lookahead threads pinned to it. Each proposes against the
+        incumbent of the moment (under the run lock: no two threads propose the same knobs, since a
+        reserved node counts as tried), compiles on the CPU pool while its GPU judges another
+        thread's candidate, then holds the GPU for its own judge (Run.judge: commits serialized, a
+        commit that raced another judged again). A GPU thus waits for a compile only when compiles
+        are slower than judges. Returns the stop reason when the knob space ran out, None when a
+        budget did; an error in one thread stops the others after their candidates and is raised."""
+        from avo.worker import kill_live_workers
+
+        stop, errors, exhausted = threading.Event(), [], []
+
+        def propose():
+            """A reserved node, or None: out of budget, or no proposal while nothing is in flight."""
+            while not stop.is_set():
+                with self.lock:
+                    if self.out_of_budget() is not None:
+                        return None
+                    incumbent = self.incumbent()
+                    proposal = operator.propose(self.lineage, incumbent.id if incumbent else None)
+                    if proposal is not None:
+                        for skipped in proposal.skipped:
+                            self.progress.event("skipped", **_skip_reason(skipped))
+                        text = jit.render(operator.template, proposal.knobs).read_text()
+                        self._in_flight += 1
+                        return self.reserve("knobs", proposal.parents, text, template=operator.template,
+                                            knobs=dataclasses.asdict(proposal.knobs), rationale=proposal.rationale)
+                    if self._in_flight == 0:  # nothing can commit and open new space around the incumbent
+                        exhausted.append("knob space exhausted around the committed parents")
+                        stop.set()
+                        return None
+                stop.wait(0.5)  # a candidate in flight may commit: new space around the new incumbent
+            return None
+
+        def worker(gpu: int) -> None:
+            try:
+                while (node := propose()) is not None:
+                    try:
+                        self.judge(node, gpu=gpu)
+                    finally:
+                        with self.lock:
+                            self._in_flight -= 1
+            except BaseException as exc:  # handed to the loop's thread
+                errors.append(exc)
+                stop.set()
+
+        per_gpu = 1 + self.config.evaluation.lookahead
+        threads = [threading.Thread(target=worker, args=(gpu,), name=f"avo-knobs-gpu{gpu}-{i}", daemon=True)
+                   for i in range(per_gpu) for gpu in self.config.evaluation.gpus]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.5)
+        except BaseException:  # Ctrl-C, SIGTERM: nothing new starts, no worker outlives the run
+            stop.set()
+            kill_live_workers()
+            raise
+        if errors:
+            raise errors[0]
+        return exhausted[0] if exhausted else None
+
     def loop(self) -> str:
         operator_name = self.config.resolved_operator()
         mode = "compile-only screening (no GPU of this arch here: nothing can be measured or committed)" \
@@ -330,7 +397,11 @@ class Run:
             knob_operator = KnobOperator(template, self.suite.specs, self.rng)
         if knob_operator is None and self.agent_slots() > 1:
             self.agent_side_by_side()
-        while (reason := self.out_of_budget()) is None:
+        # the knob operator on this host's GPUs streams (compiles overlap judges); on Ray, and when
+        # screening without a GPU, it goes in batches of one proposal per slot
+        streams = knob_operator is not None and self.backend is None and not self.compile_only
+        reason = self.knobs_streaming(knob_operator) if streams else None
+        while reason is None and (reason := self.out_of_budget()) is None:
             if knob_operator is not None:
                 if not self.step_knobs(knob_operator):
                     reason = self.state["stop_reason"]

@@ -13,6 +13,7 @@
 #   2. bash bench/multi_gpu_visit.sh ray-stash                                  carry .gpu-bundle/ray-a
 #   3. bash bench/multi_gpu_visit.sh ray-stash                                  carry .gpu-bundle/ray-b
 #   4. source .gpu-bundle/b/setup.sh && bash bench/multi_gpu_visit.sh one       carry .gpu-bundle/b
+#      (one-serial: one GPU with evaluation.lookahead=0, what one was before the knob operator streamed)
 #   5. source .gpu-bundle/b/setup.sh && bash bench/multi_gpu_visit.sh two       carry .gpu-bundle/b
 #   6. source .gpu-bundle/b/setup.sh && bash bench/multi_gpu_visit.sh ray       carry .gpu-bundle/b
 #   7. source .gpu-bundle/b/setup.sh && bash bench/multi_gpu_visit.sh report    carry .gpu-bundle/b
@@ -70,10 +71,12 @@ case "$mode" in
     mkdir -p /root/ray-wheels
     for half in .gpu-bundle/ray-a .gpu-bundle/ray-b; do [ -d "$half" ] && cp -f "$half"/* /root/ray-wheels/; done
     ls /root/ray-wheels ;;
-  one)  # the baseline: one GPU
+  one)  # the baseline: one GPU (streaming: evaluation.lookahead candidates compile while it judges)
     install_ray
     nvidia-smi --query-gpu=index,name,clocks.sm,temperature.gpu --format=csv,noheader | tee "$out/gpus.txt"
     evolve one --set "evaluation.gpus=[0]" ;;
+  one-serial)  # one GPU, nothing compiled ahead (lookahead 0): each candidate compiles, then is judged
+    evolve one-serial --set "evaluation.gpus=[0]" --set evaluation.lookahead=0 ;;
   two)  # both GPUs of this host, one candidate each (map_per_gpu)
     install_ray
     evolve two --set "evaluation.gpus=[0, 1]" ;;
@@ -102,8 +105,8 @@ from avo.cluster import gpu_overlaps, read_intervals
 
 work = Path(sys.argv[1])
 rows, base = [], None
-for name, gpus in (("one", "1 (local)"), ("two", "2 (local)"), ("ray", "2 (ray)"), ("agent-one", "1 (agent)"),
-                   ("agent-two", "2 (agent)")):
+for name, gpus in (("one", "1 (local)"), ("one-serial", "1 (serial)"), ("two", "2 (local)"), ("ray", "2 (ray)"),
+                   ("agent-one", "1 (agent)"), ("agent-two", "2 (agent)")):
     path = work / name / "events.jsonl"
     if not path.exists():
         rows.append(f"| {name:9s} | {gpus:9s} | not run |")
@@ -134,6 +137,6 @@ print("goal: two and ray >= 1.80x the one-GPU rate (agent-two: of agent-one), 0 
 EOF
     ;;
   *)
-    echo "usage: bash bench/multi_gpu_visit.sh ray-wheels | ray-stash | one | two | ray | agent-one | agent-two | report" >&2
+    echo "usage: bash bench/multi_gpu_visit.sh ray-wheels | ray-stash | one | one-serial | two | ray | agent-one | agent-two | report" >&2
     exit 2 ;;
 esac

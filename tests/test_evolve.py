@@ -100,26 +100,34 @@ def test_kill_9_then_resume_loses_no_committed_node(tmp_path):
     assert "recovered" in out or pending == []
 
 
-def test_knob_batches_run_one_worker_per_gpu(tmp_path, monkeypatch):
+def test_knob_proposals_stream_with_lookahead_candidates_per_gpu(tmp_path, monkeypatch):
+    """On this host's GPUs the knob operator streams: per GPU, 1 + evaluation.lookahead proposals are
+    in flight (the ones waiting compile on the CPU meanwhile), each judged against the incumbent of its
+    judge, never two on one GPU at once, and the candidate budget is spent exactly."""
+    import threading
+
     from avo import jit
+    from avo.cluster import gpu_overlaps, read_intervals
     from tests.evolve_fake import fake_evaluate
 
     monkeypatch.setattr(jit, "current_arch", lambda: "sm_90a")  # a GPU as far as the run can tell
-    calls = []
+    calls, lock = [], threading.Lock()
 
     def recording(source, gpu=None, incumbent=None, **kwargs):
-        calls.append((gpu, incumbent))
+        pending = len(Lineage.load(tmp_path / "archive").nodes("pending"))  # reserved, not yet recorded
+        with lock:
+            calls.append((gpu, pending))
         return fake_evaluate(source, incumbent=incumbent, **kwargs)
 
-    monkeypatch.setenv("AVO_FAKE_EVAL_SECONDS", "0.05")
-    assert main(_args(tmp_path, "--candidates", "5", "--set", "evaluation.gpus=[0, 1]"), evaluate_fn=recording) == 0
-    assert calls[0][0] == 0 and sorted(g for g, _ in calls[1:3]) == sorted(g for g, _ in calls[3:5]) == [0, 1]
-    assert calls[1][1] == calls[2][1] and calls[3][1] == calls[4][1]  # a batch shares its incumbent
-    assert len(Lineage.load(tmp_path / "archive")) == 5
+    monkeypatch.setenv("AVO_FAKE_EVAL_SECONDS", "0.1")
+    assert main(_args(tmp_path, "--candidates", "9", "--set", "evaluation.gpus=[0, 1]", "--set",
+                      "evaluation.lookahead=1"), evaluate_fn=recording) == 0
+    assert calls[0][1] == 1  # the seed, alone
+    assert sorted({g for g, _ in calls[1:]}) == [0, 1]
+    assert max(p for _, p in calls[1:]) == 4  # 2 GPUs x (1 judged + 1 ahead), never more
+    assert len(Lineage.load(tmp_path / "archive")) == 9
+    intervals = read_intervals(tmp_path / "run" / "events.jsonl")
+    assert gpu_overlaps(intervals) == [] and len([r for r in intervals if r["gpu"] is not None]) >= 8
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     recorded = [e for e in events if e["event"] == "candidate"]
-    for first, second in (recorded[1:3], recorded[3:5]):  # each batch, in the order it was recorded
-        if first["status"] == second["status"] == "committed":
-            assert second["ratio"] >= first["ratio"]  # the faster commit is recorded last: it leads
-        if first["status"] != second["status"]:
-            assert second["status"] == "committed"  # commits are recorded after the others
+    assert len(recorded) == 9 and events[-1]["event"] == "stop" and "candidate budget" in events[-1]["reason"]
