@@ -11,11 +11,16 @@ writer of the lineage.
   others on the CPU, bounded by the cores in one place (`_CORES`: one build process per two cores,
   avo.jit's own rule), so a GPU's slot is held for its judge only; the knob operator keeps
   `evaluation.lookahead` more candidates per GPU compiling while it judges (avo.evolve).
-- ray: one Ray task per candidate with `num_gpus=1` (0 for compile-only screening). Ray places it
-  on a free GPU of some node, where it runs evaluate there (the node's sandbox, judge process and
-  kernel cache). A task lost with its worker or node (Ray's failure detection) is an event `lost`
-  and is queued again, LOST_RETRIES times at most; the pending node stays pending meanwhile, and
-  nothing committed is touched: only the driver writes the lineage.
+- ray: a candidate to be judged is first a Ray task without a GPU (a CPU per build process) that
+  builds its kernels into the kernel cache of the node it ran on, then a task with `num_gpus=1`
+  placed on that node (NodeAffinitySchedulingStrategy, soft: if the node is gone or has no GPU,
+  Ray places it elsewhere and evaluate compiles there), which runs evaluate (the node's sandbox, judge process
+  and kernel cache): a GPU is held for the judge, not the compile. Compile-only screening is one
+  task per candidate without a GPU. A task of either kind lost with its worker or node (Ray's
+  failure detection) is an event `lost` and is queued again, LOST_RETRIES times a candidate at
+  most; the pending node stays pending meanwhile, and nothing committed is touched: only the
+  driver writes the lineage. Several threads may wait in RayBackend.map at once (the knob
+  operator streams on Ray too); `cancel` (Ctrl-C) cancels the tasks of all of them.
 
 Agent steps side by side (avo.evolve, one per GPU of `evaluation.gpus`) each keep to one GPU:
 their test, benchmark, profile and submit runs go through evaluate_local or hold_gpu with that
@@ -124,22 +129,30 @@ def hold_gpu(gpu, progress, node_id: str, stage: str):
 def _compile(node_id: str, source: Path, kwargs: dict, progress, ticket: int, done: threading.Event) -> None:
     """What evaluate's compile stage does, ahead of it: static check, then the sandboxed build of
     every spec x arch. Failures are left for evaluate to meet again and report."""
-    from avo import jit
+    try:
+        processes, specs = 0, ()
+        with contextlib.suppress(Exception):  # unreadable: evaluate says so
+            processes, specs = _build_plan(Path(source).read_text(), kwargs)
+        with _CORES.hold(ticket, processes):
+            if processes:
+                with _stage(progress, node_id, "compile", None):
+                    _build_kernels(Path(source), kwargs, specs)
+    finally:
+        done.set()
+
+
+def _build_plan(text: str, kwargs: dict) -> tuple[int, tuple]:
+    """The build processes a cold compile of `text` starts (what jit._build starts, 8 at most) and the
+    specs it builds; (0, ()) when the static check refuses the source or the suite cannot be read
+    (evaluate says why): a refused source is never compiled."""
     from avo.evaluate import static_check
     from avo.suites import load_suite
 
-    try:
-        processes, specs, archs = 0, (), kwargs["archs"]
-        with contextlib.suppress(Exception):  # unreadable, refused or no suite: evaluate says so
-            if static_check(Path(source).read_text())[0]:
-                specs = load_suite(kwargs["suite"]).specs
-                processes = min(len(specs) * len(archs), 8)  # what jit._build starts for a cold build
-        with _CORES.hold(ticket, processes):
-            if processes:
-                with _stage(progress, node_id, "compile", None), contextlib.suppress(jit.CompileError):
-                    jit.compile_many(source, specs, archs, run=False, timeout_s=kwargs.get("timeout_s", 900.0))
-    finally:
-        done.set()
+    with contextlib.suppress(Exception):
+        if static_check(text)[0]:
+            specs = load_suite(kwargs["suite"]).specs
+            return min(len(specs) * len(kwargs["archs"]), 8), specs
+    return 0, ()
 
 
 @contextlib.contextmanager
@@ -157,7 +170,8 @@ def _stage(progress, node_id: str, stage: str, gpu, host: str | None = None):
 
 class RayBackend:
     """Candidates as Ray tasks on a cluster (`ray start` on each host); placement, scheduling and
-    failure detection are Ray's. Connects on creation (or uses the connection already open)."""
+    failure detection are Ray's. Connects on creation (or uses the connection already open).
+    Several threads may call `map` at once (the knob operator streams, a job each)."""
 
     def __init__(self, address: str | None):
         import ray
@@ -176,7 +190,12 @@ class RayBackend:
                     from None
         self._ray = ray
         self._task = ray.remote(max_retries=0)(_on_node)  # a lost task is requeued here, where it is logged
+        self._compile_task = ray.remote(max_retries=0)(_compile_on_node)
         self._board = None  # where running tasks say which GPU took them (ray.util.queue: an actor)
+        self._lock = threading.Lock()  # the board's creation, the tasks in flight, cancel
+        self._reading = threading.Lock()  # one reader of the board at a time: its `stage` before their `stage_done`
+        self._refs: set = set()  # tasks in flight, of every map call
+        self._cancelled = False
 
     def slots(self, compile_only: bool) -> int:
         """Candidates the cluster runs at once: its GPUs, or for screening its CPUs."""
@@ -190,31 +209,61 @@ class RayBackend:
         probe = self._ray.remote(_node_arch).options(num_gpus=1, max_retries=1)
         return self._ray.get(probe.remote(), timeout=600)
 
-    def map(self, evaluate_fn, jobs: list[tuple[str, Path]], kwargs: dict, progress) -> list[Verdict]:
+    def map(self, evaluate_fn, jobs: list[tuple[str, Path]], kwargs: dict, progress,
+            compile_first: bool = False) -> list[Verdict]:
         """The verdicts of `jobs` [(node id, source)], in job order; a GPU per task unless
-        kwargs["compile_only"]. The sources travel as text: a node need not see the driver's disk."""
-        ray = self._ray
-        if self._board is None:
-            from ray.util.queue import Queue
+        kwargs["compile_only"]. The sources travel as text: a node need not see the driver's disk.
+        compile_first (when measuring): a CPU task builds a job's kernels into the kernel cache of
+        the node it ran on (_build_kernels; a CPU per build process), then its GPU task is placed on
+        that node (soft: elsewhere if the node is gone or has no GPU, where evaluate compiles
+        again), so a GPU is held for the judge only. A lost task of either kind is requeued,
+        LOST_RETRIES times a job at most."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            self._board = Queue(actor_options={"num_cpus": 0})
+        ray = self._ray
+        board = self._the_board()
         incumbent = kwargs.get("incumbent")
         incumbent_text = Path(incumbent).read_text() if incumbent else None
         rest = {k: v for k, v in kwargs.items() if k not in ("incumbent", "gpu")}
-        task = self._task.options(num_gpus=0 if kwargs.get("compile_only") else 1, num_cpus=1)
+        screening = bool(kwargs.get("compile_only"))
         texts = [Path(source).read_text() for _, source in jobs]
+        builds = [_build_plan(text, rest)[0] if compile_first and not screening else 0 for text in texts]
+        widest = self._widest_gpu_node() if any(builds) else 0
 
-        def submit(i: int):
-            return task.remote(evaluate_fn, jobs[i][0], texts[i], incumbent_text, rest, self._board)
+        def submit(i: int, kind: str, place: str | None):
+            node_id = jobs[i][0]
+            if kind == "build":  # _build_kernels is looked up now: tests stand in for it
+                ref = self._compile_task.options(num_gpus=0, num_cpus=min(builds[i], widest)).remote(
+                    _build_kernels, node_id, texts[i], rest, board)
+            else:
+                placed = {} if place is None else \
+                    {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=place, soft=True)}
+                ref = self._task.options(num_gpus=0 if screening else 1, num_cpus=1, **placed).remote(
+                    evaluate_fn, node_id, texts[i], incumbent_text, rest, board)
+            self._refs.add(ref)
+            return ref
 
-        pending = {submit(i): (i, 0) for i in range(len(jobs))}
+        pending: dict = {}  # ref -> (job, attempt, kind: build or evaluate, the node it is placed on)
+
+        def start(i: int, attempt: int, kind: str, place: str | None = None) -> None:
+            with self._lock:  # no task starts once cancel() has run
+                if self._cancelled:
+                    raise _Cancelled("the run was interrupted")
+                pending[submit(i, kind, place)] = (i, attempt, kind, place)
+
         verdicts: list = [None] * len(jobs)
         try:
+            for i in range(len(jobs)):
+                start(i, 0, "build" if builds[i] else "evaluate")
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                if self._cancelled:
+                    raise _Cancelled("the run was interrupted")
                 self._read_board(progress)
                 for ref in done:
-                    i, attempt = pending.pop(ref)
+                    i, attempt, kind, place = pending.pop(ref)
+                    with self._lock:
+                        self._refs.discard(ref)
                     node_id = jobs[i][0]
                     try:
                         out = ray.get(ref)
@@ -224,10 +273,11 @@ class RayBackend:
                             raise  # evaluate itself raised: the same as on one host
                         error = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                         again = attempt < LOST_RETRIES
-                        progress.event("lost", id=node_id, attempt=attempt + 1, requeued=again,
+                        progress.event("lost", id=node_id, stage="compile" if kind == "build" or screening
+                                       else "evaluate", attempt=attempt + 1, requeued=again,
                                        error=f"{type(exc).__name__}: {error}")
                         if again:
-                            pending[submit(i)] = (i, attempt + 1)
+                            start(i, attempt + 1, kind, place)
                         else:
                             verdicts[i] = Verdict("crashed", "lost", f"lost {attempt + 1} times with its Ray "
                                                   f"worker or node; last: {type(exc).__name__}: {error}")
@@ -235,17 +285,53 @@ class RayBackend:
                     self._read_board(progress)
                     progress.event("stage_done", id=node_id, stage=out["stage"], gpu=out["gpu"], host=out["host"],
                                    start=out["start"], end=out["end"])
-                    verdicts[i] = Verdict.from_dict(out["verdict"])
+                    if kind == "build":  # its kernels are in that node's cache: judge it there
+                        start(i, attempt, "evaluate", out["node"])
+                    else:
+                        verdicts[i] = Verdict.from_dict(out["verdict"])
         except BaseException:  # Ctrl-C, or evaluate raised: nothing of this batch keeps running
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
+        finally:
+            with self._lock:
+                self._refs.difference_update(pending)
         return verdicts
 
+    def cancel(self) -> None:
+        """Ctrl-C while other threads are in `map`: every task in flight is cancelled, none starts
+        again, and those calls raise."""
+        with self._lock:
+            self._cancelled = True
+            refs = list(self._refs)
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                self._ray.cancel(ref, force=True)
+
+    def _the_board(self):
+        with self._lock:  # created once, by whichever call comes first
+            if self._board is None:
+                from ray.util.queue import Queue
+
+                self._board = Queue(actor_options={"num_cpus": 0})
+            return self._board
+
+    def _widest_gpu_node(self) -> int:
+        """The most CPUs of one live node with a GPU (any node without one): a compile task asks for
+        no more, or no node could take it."""
+        nodes = [n["Resources"] for n in self._ray.nodes() if n.get("Alive")]
+        with_gpu = [r for r in nodes if r.get("GPU", 0) >= 1] or nodes
+        return max(1, max((int(r.get("CPU", 0)) for r in with_gpu), default=1))
+
     def _read_board(self, progress) -> None:
-        with contextlib.suppress(Exception):  # progress only: never fails a batch
-            for started in self._board.get_nowait_batch(self._board.qsize()):
+        with self._reading, contextlib.suppress(Exception):  # progress only: never fails a batch
+            waiting = self._board.qsize()
+            for started in self._board.get_nowait_batch(waiting) if waiting else ():
                 progress.event("stage", **started)
+
+
+class _Cancelled(Exception):
+    """RayBackend.map's tasks were cancelled under it (Ctrl-C in the run's thread)."""
 
 
 def _on_node(evaluate_fn, node_id: str, text: str, incumbent_text: str | None, kwargs: dict, board) -> dict:
@@ -270,6 +356,37 @@ def _on_node(evaluate_fn, node_id: str, text: str, incumbent_text: str | None, k
         verdict = evaluate_fn(source, incumbent=incumbent, gpu=None, **kwargs)
     return {"verdict": verdict.as_dict(), "stage": stage, "gpu": gpu, "host": host, "start": start,
             "end": time.time()}
+
+
+def _compile_on_node(compile_fn, node_id: str, text: str, kwargs: dict, board) -> dict:
+    """A Ray task without a GPU: `compile_fn(source, kwargs)` (_build_kernels) builds one candidate's
+    kernels into this node's cache; returns the node, for its GPU task to be placed there."""
+    import ray
+
+    host = ray.util.get_node_ip_address()
+    start = time.time()
+    with contextlib.suppress(Exception):
+        board.put({"id": node_id, "stage": "compile", "gpu": None, "host": host}, timeout=5)
+    with tempfile.TemporaryDirectory(prefix="avo-ray-") as tmp:
+        source = Path(tmp, f"{node_id}.py")
+        source.write_text(text)
+        with contextlib.suppress(Exception):  # failures are evaluate's to meet again and report
+            compile_fn(source, kwargs)
+    return {"node": ray.get_runtime_context().get_node_id(), "stage": "compile", "gpu": None, "host": host,
+            "start": start, "end": time.time()}
+
+
+def _build_kernels(source: Path, kwargs: dict, specs: tuple | None = None) -> None:
+    """What evaluate's compile stage does, ahead of it, into this machine's kernel cache: the static
+    check (unless `specs` says what it passed), then the sandboxed build of every spec x arch (a
+    compile error is cached like a kernel, for evaluate to report)."""
+    from avo import jit
+
+    if specs is None:
+        specs = _build_plan(source.read_text(), kwargs)[1]
+    if specs:
+        with contextlib.suppress(jit.CompileError):
+            jit.compile_many(source, specs, kwargs["archs"], run=False, timeout_s=kwargs.get("timeout_s", 900.0))
 
 
 def _node_arch() -> str | None:

@@ -1,7 +1,8 @@
 """Candidates spread over GPUs (avo.cluster): the per-GPU log shows that no two candidates share
-a GPU, on one host with fake GPUs and on a local Ray cluster; compile-only screening spreads over
-the Ray cluster's workers; a Ray worker killed mid-candidate is recorded as lost and re-queued,
-and the lineage keeps everything committed."""
+a GPU, on one host with fake GPUs and on a local Ray cluster; on Ray a candidate compiles in a CPU
+task first and its GPU task follows it to its node; compile-only screening spreads over the Ray
+cluster's workers; a Ray worker killed mid-candidate (judging or compiling) is recorded as lost
+and re-queued, and the lineage keeps everything committed; Ctrl-C cancels the tasks in flight."""
 
 import json
 import os
@@ -272,3 +273,153 @@ def test_a_candidate_lost_every_time_is_recorded_crashed_after_bounded_retries(t
     assert [e["attempt"] for e in lost] == list(range(1, LOST_RETRIES + 2)) and not lost[-1]["requeued"]
     node = Lineage.load(tmp_path / "archive").get("v0001")
     assert node.status == "crashed" and node.diagnosis.startswith(f"lost {LOST_RETRIES + 1} times")
+
+
+@pytest.mark.slow
+def test_on_ray_a_candidate_compiles_in_a_cpu_task_first_and_is_judged_on_its_node(tmp_path, ray_cluster):
+    """Two real naive-template variants through RayBackend.map with compile_first: each builds in a
+    task without a GPU (logged as a compile on no GPU), and its GPU task, placed on that node,
+    finds every kernel in the node's cache. A source the static check refuses is never compiled:
+    its evaluate says why."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from avo.evaluate import Verdict
+    from avo.progress import Progress
+
+    backend = RayBackend(None)  # the fixture's cluster: one node
+    placed = []
+
+    class Spy:  # the GPU task's options, as map asks Ray for them
+        def __init__(self, task):
+            self.task = task
+
+        def options(self, **options):
+            placed.append(options.get("scheduling_strategy"))
+            return self.task.options(**options)
+
+    backend._task = Spy(backend._task)
+
+    def judge(source, incumbent=None, gpu=None, **kwargs):  # in the GPU task: what is left to build
+        import ray
+
+        if "import os" in Path(source).read_text():
+            return Verdict("failed_compile", "static", "refused")
+        before = jit.compile_stats()["compiles"]
+        jit.compile_many(source, jit_specs(kwargs["suite"]), kwargs["archs"], run=False)
+        built = jit.compile_stats()["compiles"] - before
+        return Verdict("screened", "compile", f"built {built} on {ray.get_runtime_context().get_node_id()}")
+
+    sources = [jit.render("naive_attention", jit.load_knobs("naive_attention", knobs))
+               for knobs in ({"block_m": 64, "tile_n": 32}, {"block_m": 128, "tile_n": 16})]
+    refused = tmp_path / "refused.py"
+    refused.write_text("import os\nKERNEL = None\n")
+    jobs = [("v0001", sources[0]), ("v0002", sources[1]), ("v0003", refused)]
+    progress = Progress(tmp_path / "events.jsonl", "t", live=False)
+    kwargs = {"suite": "tiny", "archs": ("sm_90a",), "compile_only": None, "timeout_s": 300.0}
+    verdicts = backend.map(judge, jobs, kwargs, progress, compile_first=True)
+    node = ray_cluster.get_runtime_context().get_node_id()  # the driver's node: the only one
+    assert [v.diagnosis for v in verdicts] == [f"built 0 on {node}", f"built 0 on {node}", "refused"]
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    done = {(e["id"], e["stage"]): e for e in events if e["event"] == "stage_done"}
+    assert set(done) == {("v0001", "compile"), ("v0001", "evaluate"), ("v0002", "compile"), ("v0002", "evaluate"),
+                         ("v0003", "evaluate")}  # no compile task for the refused source
+    for node_id in ("v0001", "v0002"):
+        compiled, judged = done[(node_id, "compile")], done[(node_id, "evaluate")]
+        assert compiled["gpu"] is None and compiled["host"] == judged["host"] and judged["gpu"] in (0, 1)
+        assert compiled["end"] <= judged["start"]
+        started = [e["stage"] for e in events if e["event"] == "stage" and e["id"] == node_id]
+        assert started == ["compile", "evaluate"]
+    # the GPU tasks of the compiled two follow their compile to its node (soft: elsewhere if it is gone)
+    affinities = [s for s in placed if s is not None]
+    assert len(placed) == 3 and len(affinities) == 2
+    assert all(isinstance(s, NodeAffinitySchedulingStrategy) and s.node_id == node and s.soft for s in affinities)
+
+
+def jit_specs(suite: str):
+    from avo.suites import load_suite
+
+    return load_suite(suite).specs
+
+
+@pytest.mark.slow
+def test_a_worker_killed_in_its_compile_task_is_lost_requeued_and_the_lineage_intact(
+        tmp_path, ray_cluster, monkeypatch):
+    """Compiles ahead on Ray (a stand-in build, so that the fake evaluate can judge), the Ray worker
+    building v0002 dies the first time: `lost` at its compile, built again, then judged once."""
+    from avo import cluster
+
+    monkeypatch.setattr(RayBackend, "gpu_arch", lambda self: "sm_90a")
+    monkeypatch.setenv("AVO_FAKE_EVAL_SECONDS", "0.1")
+    marker = tmp_path / "killed"
+
+    def build(source, kwargs):  # in the compile task
+        if Path(source).stem == "v0002" and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+
+    monkeypatch.setattr(cluster, "_build_kernels", build)
+    mapped = RayBackend.map  # the fake evaluate does not read the kernel cache: compile first anyway
+    monkeypatch.setattr(RayBackend, "map", lambda self, *args, **kwargs: mapped(self, *args, **{
+        **kwargs, "compile_first": True}))
+    assert main(_args(tmp_path, "--candidates", "5", "--set", "evaluation.backend=ray", "--set",
+                      "evaluation.lookahead=0"), evaluate_fn=fake_evaluate) == 0
+    assert marker.exists() and int(marker.read_text()) != os.getpid()
+    events = _events(tmp_path)
+    lost = [e for e in events if e["event"] == "lost"]
+    assert [(e["id"], e["stage"], e["attempt"], e["requeued"]) for e in lost] == [("v0002", "compile", 1, True)]
+    recorded = [e for e in events if e["event"] == "candidate"]
+    assert sorted(e["id"] for e in recorded) == [f"v000{i}" for i in range(5)]  # each recorded once
+    again = next(e for e in recorded if e["id"] == "v0002")
+    assert events.index(lost[0]) < events.index(again) and again["diagnosis"].startswith("fake score")
+    lineage = Lineage.load(tmp_path / "archive")
+    assert len(lineage) == 5 and not lineage.nodes("pending")
+    committed = lineage.nodes("committed")
+    assert committed and all((lineage.root / n.source_path).exists() for n in committed)
+    assert all(n.parents for n in lineage.nodes() if n.operator == "knobs")  # each from a committed parent
+    intervals = read_intervals(tmp_path / "run" / "events.jsonl")
+    for node_id in (f"v000{i}" for i in range(5)):  # every judge (a raced commit's again) after its compile
+        mine = sorted((r for r in intervals if r["id"] == node_id), key=lambda r: r["start"])
+        assert [r["stage"] for r in mine] == ["compile", "evaluate"] * (len(mine) // 2) and mine
+        for compiled, judged in zip(mine[::2], mine[1::2], strict=True):
+            assert compiled["gpu"] is None and judged["gpu"] in (0, 1) and compiled["end"] <= judged["start"]
+    assert gpu_overlaps(intervals) == []
+
+
+@pytest.mark.slow
+def test_cancel_stops_the_tasks_of_every_map_call_in_flight(tmp_path, ray_cluster, monkeypatch):
+    """Ctrl-C while threads wait in RayBackend.map (the knob operator streaming): cancel() makes each
+    call raise, and the compile task it waited on is gone: its CPUs are free for the next task."""
+    import threading
+
+    from avo import cluster
+    from avo.progress import Progress
+
+    def build(source, kwargs):  # a compile that would hold both CPUs for a minute
+        time.sleep(60)
+
+    monkeypatch.setattr(cluster, "_build_kernels", build)
+    backend = RayBackend(None)
+    progress = Progress(tmp_path / "events.jsonl", "t", live=False)
+    source = jit.render("naive_attention", jit.load_knobs("naive_attention", {}))
+    kwargs = {"suite": "tiny", "archs": ("sm_90a",), "compile_only": None}
+    raised = []
+
+    def call():
+        try:
+            backend.map(fake_evaluate, [("v0001", source)], kwargs, progress, compile_first=True)
+        except BaseException as exc:  # noqa: BLE001 - what map raised is the test's subject
+            raised.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    events = tmp_path / "events.jsonl"
+    for _ in range(300):  # the compile task has started on a worker
+        if events.exists() and '"stage": "compile"' in events.read_text():
+            break
+        time.sleep(0.1)
+    backend.cancel()
+    thread.join(30)
+    assert not thread.is_alive() and type(raised[0]).__name__ == "_Cancelled"
+    assert "stage_done" not in events.read_text()
+    probe = ray_cluster.remote(lambda: "ran").options(num_cpus=2)  # the 2 CPUs the compile held
+    assert ray_cluster.get(probe.remote(), timeout=30) == "ran"
