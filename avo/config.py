@@ -70,7 +70,7 @@ class EvaluationSection:
     rounds: int = 128  # cap on paired timing rounds per config (adaptive: stops once the decision is clear)
     baselines: tuple[str, ...] = ("fa4", "cudnn")  # measured in the same run on each commit
     gpus: tuple[int, ...] = (0,)  # one isolated worker per GPU: the knob operator evaluates one proposal on each
-    # knob proposals per GPU compiling on the CPU while the GPU judges another (local backend): with
+    # knob proposals per GPU compiling on the CPU while the GPU judges another (local and ray): with
     # compiles slower than judges (mha suite on an H200: ~10 s against ~7 s) 2 keeps every GPU busy
     lookahead: int = 2
     backend: str = "local"  # local: the GPUs of `gpus` on this host; ray: every GPU of a Ray cluster (avo.cluster)

@@ -9,13 +9,13 @@ Everything a run writes is crash-safe: the lineage is rewritten atomically after
 node is written as `pending` before its evaluation starts), run state after every step. After a
 crash, a kill or Ctrl-C, `python -m avo.evolve --resume runs/<name>` continues where it stopped.
 
-The knob operator on this host's GPUs streams (Run.knobs_streaming): per GPU, one proposal is judged
-while `evaluation.lookahead` more compile on the CPU; on a Ray cluster it goes in batches, one
-proposal per GPU of the cluster. With the agent operator and several GPUs (`evaluation.gpus`, local
-backend), one step runs per GPU at once, each on its own candidate file and GPU (avo.workbench);
-what they share, the lineage and the run state, is written under one lock (`Run.lock`), and a
-commit is recorded only while the incumbent it was judged against is still the incumbent
-(`Run.judge`).
+The knob operator streams when measuring (Run.knobs_streaming): per GPU (of `evaluation.gpus`, or
+of the Ray cluster), one proposal is judged while `evaluation.lookahead` more compile on the CPU;
+compile-only screening goes in batches, one proposal per slot. With the agent operator and several
+GPUs (`evaluation.gpus`, local backend), one step runs per GPU at once, each on its own candidate
+file and GPU (avo.workbench); what they share, the lineage and the run state, is written under one
+lock (`Run.lock`), and a commit is recorded only while the incumbent it was judged against is still
+the incumbent (`Run.judge`).
 """
 
 from __future__ import annotations
@@ -135,14 +135,15 @@ class Run:
             return self.lineage.add(node)
 
     def judge(self, node: Candidate, source: Path | None = None, gpu: int | None = None) -> Verdict:
-        """Evaluate a reserved node (on `gpu`, else on a free GPU of evaluation.gpus) and record the
-        verdict; returns it. It is judged against the incumbent with the lineage's commit bar for it
-        (Lineage.commit_bar: the tolerance left between the incumbent and the best so far). A commit
-        is recorded only while the incumbent it was judged against is still the incumbent: when a
-        step on another GPU committed in the meantime, the candidate is judged again, on the same
-        GPU, against the new incumbent and with its bar (event `rejudge`), until its verdict is no
-        commit or its incumbent is still the latest. The check and the record hold the run's
-        lock, so no commit can land between them."""
+        """Evaluate a reserved node (on `gpu`, else on a free GPU of evaluation.gpus or of the Ray
+        cluster) and record the verdict; returns it. It is judged against the incumbent with the
+        lineage's commit bar for it (Lineage.commit_bar: the tolerance left between the incumbent
+        and the best so far). A commit is recorded only while the incumbent it was judged against
+        is still the incumbent: when a step on another GPU committed in the meantime, the candidate
+        is judged again, on the same GPU (on Ray, wherever Ray places it), against the new
+        incumbent and with its bar (event `rejudge`), until its verdict is no commit or its
+        incumbent is still the latest. The check and the record hold the run's lock, so no commit
+        can land between them."""
         source = source or Path(node.source_path)
         earlier: list[str | None] = []  # incumbents it was judged against before this one
         while True:
@@ -197,8 +198,10 @@ class Run:
             return evaluate_local(self.evaluate_fn, jobs, kwargs,
                                   (None,) if self.compile_only else gpus or cfg.gpus, self.progress,
                                   compile_first=self.evaluate_fn.__wrapped__ is evaluate)
-        # a Ray cluster: a task per candidate, on whichever GPU Ray finds free
-        return self.backend.map(self.evaluate_fn, jobs, kwargs, self.progress)
+        # a Ray cluster: a task per candidate, on whichever GPU Ray finds free (compiled first by a
+        # CPU task, on the node its GPU task is then placed on)
+        return self.backend.map(self.evaluate_fn, jobs, kwargs, self.progress,
+                                compile_first=self.evaluate_fn.__wrapped__ is evaluate)
 
     def record(self, node: Candidate, verdict: Verdict, source_text: str) -> Candidate:
         with self.lock:
@@ -308,14 +311,16 @@ class Run:
             raise errors[0]
 
     def knobs_streaming(self, operator) -> str | None:
-        """The knob operator on this host's GPUs without a barrier between batches: per GPU of
-        evaluation.gpus, 1 + evaluation.lookahead threads pinned to it. Each proposes against the
-        incumbent of the moment (under the run lock: no two threads propose the same knobs, since a
-        reserved node counts as tried), compiles on the CPU pool while its GPU judges another
-        thread's candidate, then holds the GPU for its own judge (Run.judge: commits serialized, a
-        commit that raced another judged again). A GPU thus waits for a compile only when compiles
-        are slower than judges. Returns the stop reason when the knob space ran out, None when a
-        budget did; an error in one thread stops the others after their candidates and is raised."""
+        """The knob operator without a barrier between batches: per GPU, 1 + evaluation.lookahead
+        threads (pinned to it on this host's evaluation.gpus; on Ray, as many per GPU of the
+        cluster, each task placed by Ray). Each proposes against the incumbent of the moment (under
+        the run lock: no two threads propose the same knobs, since a reserved node counts as
+        tried), compiles on the CPU (this host's pool, or a CPU task of Ray's) while the GPUs judge
+        other threads' candidates, then holds a GPU for its own judge (Run.judge: commits
+        serialized, a commit that raced another judged again). A GPU thus waits for a compile only
+        when compiles are slower than judges. Returns the stop reason when the knob space ran out,
+        None when a budget did; an error in one thread stops the others after their candidates and
+        is raised."""
         from avo.worker import kill_live_workers
 
         stop, errors, exhausted = threading.Event(), [], []
@@ -342,7 +347,7 @@ class Run:
                 stop.wait(0.5)  # a candidate in flight may commit: new space around the new incumbent
             return None
 
-        def worker(gpu: int) -> None:
+        def worker(gpu: int | None) -> None:
             try:
                 while (node := propose()) is not None:
                     try:
@@ -355,17 +360,22 @@ class Run:
                 stop.set()
 
         per_gpu = 1 + self.config.evaluation.lookahead
-        threads = [threading.Thread(target=worker, args=(gpu,), name=f"avo-knobs-gpu{gpu}-{i}", daemon=True)
-                   for i in range(per_gpu) for gpu in self.config.evaluation.gpus]
+        # on Ray, gpu None: Ray places each judge on a free GPU of the cluster
+        gpus = [(f"gpu{gpu}", gpu) for gpu in self.config.evaluation.gpus] if self.backend is None else \
+            [(f"ray{j}", None) for j in range(self.backend.slots(False))]
+        threads = [threading.Thread(target=worker, args=(gpu,), name=f"avo-knobs-{label}-{i}", daemon=True)
+                   for i in range(per_gpu) for label, gpu in gpus]
         for thread in threads:
             thread.start()
         try:
             for thread in threads:
                 while thread.is_alive():
                     thread.join(0.5)
-        except BaseException:  # Ctrl-C, SIGTERM: nothing new starts, no worker outlives the run
+        except BaseException:  # Ctrl-C, SIGTERM: nothing new starts, no worker or Ray task outlives the run
             stop.set()
             kill_live_workers()
+            if self.backend is not None:
+                self.backend.cancel()
             raise
         if errors:
             raise errors[0]
@@ -397,9 +407,9 @@ class Run:
             knob_operator = KnobOperator(template, self.suite.specs, self.rng)
         if knob_operator is None and self.agent_slots() > 1:
             self.agent_side_by_side()
-        # the knob operator on this host's GPUs streams (compiles overlap judges); on Ray, and when
-        # screening without a GPU, it goes in batches of one proposal per slot
-        streams = knob_operator is not None and self.backend is None and not self.compile_only
+        # the knob operator streams when measuring (compiles overlap judges); when screening without
+        # a GPU it goes in batches of one proposal per slot
+        streams = knob_operator is not None and not self.compile_only
         reason = self.knobs_streaming(knob_operator) if streams else None
         while reason is None and (reason := self.out_of_budget()) is None:
             if knob_operator is not None:

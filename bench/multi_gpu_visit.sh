@@ -80,7 +80,8 @@ case "$mode" in
   two)  # both GPUs of this host, one candidate each (map_per_gpu)
     install_ray
     evolve two --set "evaluation.gpus=[0, 1]" ;;
-  ray)  # both GPUs through Ray: a Ray instance of this host's own (ray_address unset), tasks with num_gpus=1
+  ray)  # both GPUs through Ray: a Ray instance of this host's own (ray_address unset); streaming, each
+       # candidate a compile task without a GPU, then a task with num_gpus=1 on the compile's node
     install_ray
     if ! python3 -c "import ray" 2>/dev/null; then
       echo "ray is not installed here: run ray-wheels on the CPU machine, then ray-stash (carry .gpu-bundle/ray-a)" \

@@ -1,11 +1,13 @@
 """Candidates spread over GPUs (avo.cluster): the per-GPU log shows that no two candidates share
-a GPU, on one host with fake GPUs and on a local Ray cluster; on Ray a candidate compiles in a CPU
-task first and its GPU task follows it to its node; compile-only screening spreads over the Ray
-cluster's workers; a Ray worker killed mid-candidate (judging or compiling) is recorded as lost
-and re-queued, and the lineage keeps everything committed; Ctrl-C cancels the tasks in flight."""
+a GPU, on one host with fake GPUs and on a local Ray cluster; the knob operator streams on Ray as
+on one host; on Ray a candidate compiles in a CPU task first and its GPU task follows it to its
+node; compile-only screening spreads over the Ray cluster's workers; a Ray worker killed
+mid-candidate (judging or compiling) is recorded as lost and re-queued, and the lineage keeps
+everything committed; Ctrl-C cancels the tasks in flight."""
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -253,9 +255,11 @@ def test_a_worker_killed_mid_candidate_is_lost_requeued_and_nothing_committed_is
     assert len(lineage) == 5 and not lineage.nodes("pending")
     committed = lineage.nodes("committed")
     assert committed and all((lineage.root / n.source_path).exists() for n in committed)
-    # the declared GPUs took one candidate at a time each, as Ray placed them
+    # the declared GPUs took one candidate at a time each, as Ray placed them (a commit that raced
+    # another's is judged again: the knob operator streams on Ray too)
     intervals = read_intervals(tmp_path / "run" / "events.jsonl")
-    assert {r["stage"] for r in intervals} == {"evaluate"} and len(intervals) == 5
+    rejudged = sum(e["event"] == "rejudge" for e in events)
+    assert {r["stage"] for r in intervals} == {"evaluate"} and len(intervals) == 5 + rejudged
     assert {r["gpu"] for r in intervals} <= {0, 1} and gpu_overlaps(intervals) == []
 
 
@@ -273,6 +277,37 @@ def test_a_candidate_lost_every_time_is_recorded_crashed_after_bounded_retries(t
     assert [e["attempt"] for e in lost] == list(range(1, LOST_RETRIES + 2)) and not lost[-1]["requeued"]
     node = Lineage.load(tmp_path / "archive").get("v0001")
     assert node.status == "crashed" and node.diagnosis.startswith(f"lost {LOST_RETRIES + 1} times")
+
+
+@pytest.mark.slow
+def test_knob_proposals_stream_on_ray_with_lookahead_per_gpu_and_spend_the_budget_exactly(
+        tmp_path, ray_cluster, monkeypatch):
+    """On Ray the knob operator streams as on one host: 2 GPUs x (1 judged + 1 ahead) proposals in
+    flight (batches would hold 2), never two judges on one GPU, every candidate recorded once."""
+    monkeypatch.setattr(RayBackend, "gpu_arch", lambda self: "sm_90a")  # measure on the declared GPUs
+    monkeypatch.setenv("AVO_FAKE_EVAL_SECONDS", "0.3")
+    archive = tmp_path / "archive"
+
+    def counting(source, **kwargs):  # in a Ray worker, after the judge's time: reserved, not yet recorded
+        verdict = fake_evaluate(source, **kwargs)
+        pending = len(Lineage.load(archive).nodes("pending"))
+        verdict.diagnosis = f"{verdict.diagnosis}; pending {pending}"
+        return verdict
+
+    assert main(_args(tmp_path, "--candidates", "9", "--set", "evaluation.backend=ray", "--set",
+                      "evaluation.lookahead=1"), evaluate_fn=counting) == 0
+    events = _events(tmp_path)
+    recorded = [e for e in events if e["event"] == "candidate"]
+    assert sorted(e["id"] for e in recorded) == [f"v000{i}" for i in range(9)]  # the budget, exactly
+    assert events[-1]["event"] == "stop" and "candidate budget" in events[-1]["reason"]
+    pending = [int(re.search(r"; pending (\d+)", e["diagnosis"]).group(1)) for e in recorded]
+    assert pending[0] == 1 and max(pending[1:]) == 4  # the seed alone, then 4 in flight, never more
+    lineage = Lineage.load(tmp_path / "archive")
+    assert len(lineage) == 9 and not lineage.nodes("pending")
+    intervals = read_intervals(tmp_path / "run" / "events.jsonl")
+    rejudged = sum(e["event"] == "rejudge" for e in events)
+    assert len(intervals) == 9 + rejudged and {r["gpu"] for r in intervals} == {0, 1}
+    assert gpu_overlaps(intervals) == []
 
 
 @pytest.mark.slow
