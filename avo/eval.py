@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from avo import jit
+from avo import jit, stats
 from avo.evaluate import Verdict, evaluate
 from avo.lineage import Candidate, Lineage, LineageError
 from avo.stats import COMMIT_BAR
@@ -130,7 +130,8 @@ def _redecide(verdict: Verdict, bar: float, incumbent_id: str | None) -> None:
         return
     lo, hi = verdict.ratio_ci
     verdict.commit_bar = max(bar, verdict.commit_bar or bar)
-    if lo >= bar and hi >= 1.0:
+    interval = stats.RatioEstimate(ratio=verdict.ratio or lo, lo=lo, hi=hi, per_config={}, pairs=0, excluded=0)
+    if stats.decide(interval, bar) == "commit":
         return
     verdict.status = "rejected"
     why = (f"its lower bound {lo:.4f} is below the commit bar {bar:.4f} (the incumbent {incumbent_id} is "

@@ -240,6 +240,15 @@ class Run:
             raise RuntimeError(f"the seed failed: {verdict.status}: {verdict.diagnosis}")
         return self.lineage.get(node.id)
 
+    def _reserve_proposal(self, operator, proposal) -> Candidate:
+        """A knob proposal rendered and reserved as a pending node; the assignments the operator
+        skipped on the way (can_implement's reasons) go to the events."""
+        for skipped in proposal.skipped:
+            self.progress.event("skipped", **_skip_reason(skipped))
+        text = jit.render(operator.template, proposal.knobs).read_text()
+        return self.reserve("knobs", proposal.parents, text, template=operator.template,
+                            knobs=dataclasses.asdict(proposal.knobs), rationale=proposal.rationale)
+
     def step_knobs(self, operator) -> bool:
         """One proposal per slot (never past the candidate budget), evaluated side by side."""
         incumbent = self.incumbent()
@@ -250,11 +259,7 @@ class Run:
             proposal = operator.propose(self.lineage, incumbent.id if incumbent else None)
             if proposal is None:
                 break
-            for skipped in proposal.skipped:
-                self.progress.event("skipped", **_skip_reason(skipped))
-            text = jit.render(operator.template, proposal.knobs).read_text()
-            nodes.append((self.reserve("knobs", proposal.parents, text, template=operator.template,
-                                       knobs=dataclasses.asdict(proposal.knobs), rationale=proposal.rationale), None))
+            nodes.append((self._reserve_proposal(operator, proposal), None))
         if not nodes:
             self.state["stop_reason"] = "knob space exhausted around the committed parents"
             return False
@@ -273,42 +278,25 @@ class Run:
         is started only while the candidates recorded plus the steps in flight leave room in the
         budget. An error in one thread lets the others finish their steps, then is raised here."""
         from avo.workbench import run_step
-        from avo.worker import kill_live_workers
 
-        stop, errors = threading.Event(), []
+        stop = threading.Event()
 
         def steps_on(gpu: int) -> None:
             redirect = None
-            try:
-                while not stop.is_set():
+            while not stop.is_set():
+                with self.lock:
+                    if self.out_of_budget() is not None:
+                        return
+                    self._in_flight += 1
+                try:
+                    run_step(self, redirect, gpu=gpu)
+                finally:
                     with self.lock:
-                        if self.out_of_budget() is not None:
-                            return
-                        self._in_flight += 1
-                    try:
-                        run_step(self, redirect, gpu=gpu)
-                    finally:
-                        with self.lock:
-                            self._in_flight -= 1
-                    redirect = self._supervise()
-            except BaseException as exc:  # handed to the loop's thread
-                errors.append(exc)
-                stop.set()
+                        self._in_flight -= 1
+                redirect = self._supervise()
 
-        threads = [threading.Thread(target=steps_on, args=(gpu,), name=f"avo-agent-gpu{gpu}", daemon=True)
-                   for gpu in self.config.evaluation.gpus]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.5)
-        except BaseException:  # Ctrl-C, SIGTERM: no step starts again, no worker outlives the run
-            stop.set()
-            kill_live_workers()
-            raise
-        if errors:
-            raise errors[0]
+        self._side_by_side([(f"avo-agent-gpu{gpu}", lambda gpu=gpu: steps_on(gpu))
+                            for gpu in self.config.evaluation.gpus], stop)
 
     def knobs_streaming(self, operator) -> str | None:
         """The knob operator without a barrier between batches: per GPU, 1 + evaluation.lookahead
@@ -321,9 +309,7 @@ class Run:
         when compiles are slower than judges. Returns the stop reason when the knob space ran out,
         None when a budget did; an error in one thread stops the others after their candidates and
         is raised."""
-        from avo.worker import kill_live_workers
-
-        stop, errors, exhausted = threading.Event(), [], []
+        stop, exhausted = threading.Event(), []
 
         def propose():
             """A reserved node, or None: out of budget, or no proposal while nothing is in flight."""
@@ -334,12 +320,8 @@ class Run:
                     incumbent = self.incumbent()
                     proposal = operator.propose(self.lineage, incumbent.id if incumbent else None)
                     if proposal is not None:
-                        for skipped in proposal.skipped:
-                            self.progress.event("skipped", **_skip_reason(skipped))
-                        text = jit.render(operator.template, proposal.knobs).read_text()
                         self._in_flight += 1
-                        return self.reserve("knobs", proposal.parents, text, template=operator.template,
-                                            knobs=dataclasses.asdict(proposal.knobs), rationale=proposal.rationale)
+                        return self._reserve_proposal(operator, proposal)
                     if self._in_flight == 0:  # nothing can commit and open new space around the incumbent
                         exhausted.append("knob space exhausted around the committed parents")
                         stop.set()
@@ -348,30 +330,45 @@ class Run:
             return None
 
         def worker(gpu: int | None) -> None:
-            try:
-                while (node := propose()) is not None:
-                    try:
-                        self.judge(node, gpu=gpu)
-                    finally:
-                        with self.lock:
-                            self._in_flight -= 1
-            except BaseException as exc:  # handed to the loop's thread
-                errors.append(exc)
-                stop.set()
+            while (node := propose()) is not None:
+                try:
+                    self.judge(node, gpu=gpu)
+                finally:
+                    with self.lock:
+                        self._in_flight -= 1
 
         per_gpu = 1 + self.config.evaluation.lookahead
         # on Ray, gpu None: Ray places each judge on a free GPU of the cluster
         gpus = [(f"gpu{gpu}", gpu) for gpu in self.config.evaluation.gpus] if self.backend is None else \
             [(f"ray{j}", None) for j in range(self.backend.slots(False))]
-        threads = [threading.Thread(target=worker, args=(gpu,), name=f"avo-knobs-{label}-{i}", daemon=True)
-                   for i in range(per_gpu) for label, gpu in gpus]
+        self._side_by_side([(f"avo-knobs-{label}-{i}", lambda gpu=gpu: worker(gpu))
+                            for i in range(per_gpu) for label, gpu in gpus], stop)
+        return exhausted[0] if exhausted else None
+
+    def _side_by_side(self, targets: list, stop: threading.Event) -> None:
+        """Run each (thread name, function) of `targets` in a thread of its own until all return. The
+        first error one raises sets `stop` (the others finish what they hold, then stop) and is
+        raised here. Interrupted (Ctrl-C, SIGTERM): `stop` is set, no worker process or Ray task
+        outlives the run, and the interrupt goes on."""
+        from avo.worker import kill_live_workers
+
+        errors: list[BaseException] = []
+
+        def guarded(fn) -> None:
+            try:
+                fn()
+            except BaseException as exc:  # handed to the loop's thread
+                errors.append(exc)
+                stop.set()
+
+        threads = [threading.Thread(target=guarded, args=(fn,), name=name, daemon=True) for name, fn in targets]
         for thread in threads:
             thread.start()
         try:
             for thread in threads:
                 while thread.is_alive():
                     thread.join(0.5)
-        except BaseException:  # Ctrl-C, SIGTERM: nothing new starts, no worker or Ray task outlives the run
+        except BaseException:
             stop.set()
             kill_live_workers()
             if self.backend is not None:
@@ -379,7 +376,6 @@ class Run:
             raise
         if errors:
             raise errors[0]
-        return exhausted[0] if exhausted else None
 
     def loop(self) -> str:
         operator_name = self.config.resolved_operator()

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["COMMIT_BAR", "COMMIT_TOLERANCE", "CONFIDENCE", "PAIR_CAP", "RatioEstimate", "decide", "is_gain",
-           "needs_more", "paired_ratio", "relative_ratio"]
+           "needs_more", "paired_ratio", "relative_ratio", "shown_slower"]
 
 # Commit when the 95% lower bound says the candidate is at most 0.5% slower: neutral rewrites pass
 # (the lineage needs them to move through flat regions) once the interval is that narrow, which is
@@ -154,7 +154,7 @@ def decide(estimate: RatioEstimate, bar: float = COMMIT_BAR) -> str:
     if estimate.hi < bar:
         return "reject"
     if estimate.lo >= bar:
-        return "commit" if estimate.hi >= 1.0 else "reject"
+        return "reject" if shown_slower(estimate) else "commit"
     return "undecided"
 
 
