@@ -10,7 +10,8 @@ sample, and candidate/incumbent samples of a round form a pair whose ratio cance
 with n chosen so that a sample lasts at least MIN_SAMPLE_MS (launch overhead must not dominate a
 short config), each of the n launches writing a buffer of its own (a kernel that finds a previous
 output in its buffer could skip its work: every buffer holds NaN when a sample starts). Rounds come in blocks; before
-each block the inputs are regenerated in place (same pointers, new values). After every sample, every
+each round the inputs are regenerated in place (same pointers, new values: a kernel that fingerprints
+its inputs to serve the output it made for them before finds none). After every sample, every
 buffer the candidate's launches wrote is scanned for the NaN poison (a kernel that skips some of its
 launches fails there), and in each block one round chosen at random has the candidate's last output
 checked against the fp32 reference (a random window of query rows) before anything overwrites it: a
@@ -155,9 +156,11 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
         # the first block, then doubling: few looks at the data keep the adaptive error rate near the nominal
         step = block if rounds < min_rounds else min(rounds, max_rounds - rounds)
         for state in states:
-            state.new_inputs(rng.randrange(1 << 30))
             check_round = rng.randrange(step) if check in state.contenders else -1
             for r in range(step):
+                # new values every round: a kernel that fingerprints its inputs and copies the output
+                # it made for the same values finds none to copy (the round's contenders share them)
+                state.new_inputs(rng.randrange(1 << 30))
                 order = list(state.contenders)
                 rng.shuffle(order)
                 ms = {}

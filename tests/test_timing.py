@@ -161,3 +161,27 @@ def test_a_kernel_that_skips_one_launch_in_ten_is_caught_while_timed():
 
     with pytest.raises(timing.TimedOutputError, match="unwritten"):
         timing.measure([config], {"candidate": {config.spec: sometimes}, "incumbent": {config.spec: fn}}, seed=7)
+
+
+@pytest.mark.gpu
+def test_every_sample_of_a_contender_sees_inputs_it_has_not_seen():
+    # A kernel may fingerprint its inputs (a few values read on the device) and copy the output it
+    # made for the same values before. The inputs are new every round, so no two samples of one
+    # contender share them (launches within one sample still do: a short config's residual risk).
+    import torch
+
+    config, fn = _honest_kernel()
+    prints = []
+
+    def fingerprinting(q, k, v, o, lse, scale):
+        prints.append(tuple(float(t.float().sum()) for t in (q, k, v)))
+        fn(q, k, v, o, lse, scale)
+
+    m = timing.measure([config], {"candidate": {config.spec: fingerprinting}, "incumbent": {config.spec: fn}},
+                       min_rounds=8, seed=8)
+    torch.cuda.synchronize()
+    n = m.launches[config.name]
+    timed = prints[3:]  # the calibration's three calls first
+    samples = [set(timed[i:i + n]) for i in range(0, len(timed), n)]
+    assert len(samples) == 8 and all(len(s) == 1 for s in samples)  # one input set per sample
+    assert len({next(iter(s)) for s in samples}) == 8  # and a new one every sample
