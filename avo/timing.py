@@ -1,23 +1,29 @@
 """Timing on the GPU: the sampler behind the paired estimator (avo.stats).
 
 For each config, the contenders (candidate, incumbent, baselines) are timed in short samples taken
-back to back in a random order, on the same inputs; one such round gives each contender one
-sample, and candidate/incumbent samples of a round form a pair whose ratio cancels whatever drifts
-(clocks, temperature, neighbours). A sample is
+back to back in a random order; one such round gives each contender one sample, and
+candidate/incumbent samples of a round form a pair whose ratio cancels whatever drifts (clocks,
+temperature, neighbours). A sample is
 
-    poison every output buffer of the contender (NaN) -> flush L2 -> GPU spin -> event -> n launches -> event
+    new inputs -> poison every output buffer of the contender (NaN) -> flush L2 -> GPU spin
+      -> event -> n launches -> event
 
 with n chosen so that a sample lasts at least MIN_SAMPLE_MS (launch overhead must not dominate a
-short config), each of the n launches writing a buffer of its own (a kernel that finds a previous
-output in its buffer could skip its work: every buffer holds NaN when a sample starts). Rounds come in blocks; before
-each round the inputs are regenerated in place (same pointers, new values: a kernel that fingerprints
-its inputs to serve the output it made for them before finds none). After every sample, every
-buffer the candidate's launches wrote is scanned for the NaN poison (a kernel that skips some of its
-launches fails there), and in each block one round chosen at random has the candidate's last output
-checked against the fp32 reference (a random window of query rows) before anything overwrites it: a
-kernel that serves stale output while timed fails there. After every sample the whole device is
-synchronized: a candidate whose work goes on after its timed calls returned (another stream, which
-the events miss) is caught by the wait, and cannot slow the next kernel's sample. Each round reads
+short config), each of the n launches reading inputs of its own and writing a buffer of its own
+(a kernel that finds a previous output in its buffer could skip its work: every buffer holds NaN
+when a sample starts). The inputs are regenerated in place before every sample (same pointers, new
+values), so no two launches of a measurement, of one contender or of two, read the same values: a
+kernel that fingerprints its inputs finds no output made for them before, neither one of its own
+nor one another contender left in memory it could locate (an incumbent's buffer at a fixed offset).
+Attention's run time does not depend on the values, so the pairs stay pairs.
+
+After every sample, every buffer the candidate's launches wrote is scanned for the NaN poison (a
+kernel that skips some of its launches fails there), and in each block one round chosen at random
+has the candidate's last output checked against the fp32 reference (a random window of query rows)
+right after its sample, with its inputs checked unchanged: a kernel that serves stale output or
+writes its inputs fails there. After every sample the whole device is synchronized: a candidate
+whose work goes on after its timed calls returned (another stream, which the events miss) is
+caught by the wait, and cannot slow the next kernel's sample. Each round reads
 NVML telemetry; rounds taken while the GPU throttled itself are flagged (avo.telemetry).
 
 The device sync after every sample leaves the GPU idle while the host enqueues the next sample, so
@@ -158,18 +164,21 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
         for state in states:
             check_round = rng.randrange(step) if check in state.contenders else -1
             for r in range(step):
-                # new values every round: a kernel that fingerprints its inputs and copies the output
-                # it made for the same values finds none to copy (the round's contenders share them)
-                state.new_inputs(rng.randrange(1 << 30))
                 order = list(state.contenders)
                 rng.shuffle(order)
                 ms = {}
                 for name in order:
+                    # new values before every sample (see the module doc): nothing any launch made
+                    # before was made for the inputs this one reads
+                    state.new_inputs(rng.randrange(1 << 30))
                     ms[name] = state.sample(name, flush)
                     state.lagged[name] = state.lagged.get(name, 0) + _lags(ms[name][1])
                     result.host_bound += ms[name][2]
                     if name == check:
                         state.check_written(name)
+                        if r == check_round:  # before the next sample regenerates its inputs
+                            state.check_last(name, verify, rng)
+                            result.checks += 1
                 reading = telemetry.read() if telemetry is not None else None
                 readings.append(reading)
                 for name in order:
@@ -177,9 +186,6 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
                         ms[name][0].elapsed_time(ms[name][1]) / state.launches)
                 result.flags[state.config.name].append(bool(telemetry and telemetry.throttled(reading)))
                 result.power_capped += bool(telemetry and telemetry.power_capped(reading))
-                if r == check_round:
-                    state.check_last(check, verify, rng)
-                    result.checks += 1
         rounds += step
     for state in states:  # work still running once the timed calls had returned: another stream
         late = state.lagged.get(check, 0) if check else 0
@@ -191,32 +197,34 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
 
 
 class _ConfigState:
-    """One config's inputs, output buffers and contenders during a measurement."""
+    """One config's inputs, output buffers and contenders during a measurement. Launch j of every
+    sample reads input set j (`launches` sets, stacked along a leading dimension) and writes the
+    output buffers of its turn."""
 
     def __init__(self, config: ShapeConfig, kernels: dict, baselines, result: Measurement, rng):
         from avo.verify import random_inputs
 
         self.config = config
         self.scale = 1.0 / math.sqrt(config.head_dim)
-        self.q, self.k, self.v = random_inputs(config, rng.randrange(1 << 30))
-        self.contenders: dict[str, Callable] = {}
+        self.kernels = {name: per_spec[config.spec] for name, per_spec in kernels.items() if config.spec in per_spec}
+        self.baselines = list(baselines)
         self.lagged: dict[str, int] = {}  # samples after which the device was still busy
         self.buffers: dict[str, list] = {}
         self.turn: dict[str, int] = {}
-        for name, per_spec in kernels.items():
-            if config.spec in per_spec:
-                fn = per_spec[config.spec]
-                self.contenders[name] = lambda o, lse, fn=fn: fn(self.q, self.k, self.v, o, lse, self.scale)
-                self.buffers[name] = [self._output_buffers()]
-        for name in baselines:
-            fn, why = baseline_fn(name, config, self.q, self.k, self.v, self.scale)
-            if fn is None:
-                result.missing[name] = why
-            else:
-                self.contenders[name] = lambda o, lse, fn=fn: fn()
+        # one provisional input set to warm up and calibrate with; the launches per sample it gives
+        # fix how many sets there are
+        self.stacks = tuple(t.unsqueeze(0) for t in random_inputs(config, rng.randrange(1 << 30)))
+        self._bind(result)
+        for name in self.kernels:
+            self.buffers[name] = [self._output_buffers()]
         result.times[config.name] = {}
         result.flags[config.name] = []
         self.launches, host_s, self.gpu_s = self._calibrate()
+        if self.launches > 1:  # an input set of its own for every launch of a sample
+            self.stacks = tuple(torch.empty((self.launches, *t.shape[1:]), dtype=t.dtype, device=t.device)
+                                for t in self.stacks)
+            self.new_inputs(rng.randrange(1 << 30))
+            self._bind(result)
         # the GPU spins this long before each sample's start event, the same for every contender
         # (see the module doc): long enough that the launches already queued keep it busy until the
         # slowest contender's host has enqueued the last one
@@ -225,20 +233,40 @@ class _ConfigState:
         for name in self.buffers:  # a buffer of its own for every launch of a sample: none is written twice
             self.buffers[name] += [self._output_buffers() for _ in range(max(_ROTATE, self.launches) - 1)]
 
+    def _bind(self, result: Measurement) -> None:
+        """self.contenders[name][j]: fn(o, lse) running contender `name` on input set j."""
+        self.contenders: dict[str, list[Callable]] = {}
+        sets = list(zip(*self.stacks, strict=True))
+        for name, fn in self.kernels.items():
+            self.contenders[name] = [lambda o, lse, fn=fn, q=q, k=k, v=v: fn(q, k, v, o, lse, self.scale)
+                                     for q, k, v in sets]
+        for name in self.baselines:
+            runs = []
+            for q, k, v in sets:
+                run, why = baseline_fn(name, self.config, q, k, v, self.scale)
+                if run is None:
+                    result.missing[name] = why
+                    break
+                runs.append(lambda o, lse, run=run: run())
+            else:
+                self.contenders[name] = runs
+
     def _output_buffers(self) -> tuple:
         config = self.config
-        return torch.empty_like(self.q), torch.empty(config.batch, config.heads_q, config.seqlen_q, device="cuda")
+        q = self.stacks[0][0]
+        return torch.empty_like(q), torch.empty(config.batch, config.heads_q, config.seqlen_q, device="cuda")
 
     def new_inputs(self, seed: int) -> None:
-        """New values in the same buffers: a kernel that keys a cache on its pointers goes stale."""
+        """New values in the same buffers, every input set (a kernel that keys a cache on its
+        pointers goes stale). Drawn in the inputs' own dtype: one kernel per tensor, no copy."""
         self.seed = seed
-        for t, fresh in zip((self.q, self.k, self.v), self._values(seed), strict=True):
-            t.copy_(fresh)
-
-    def _values(self, seed: int):
         gen = torch.Generator(device="cuda").manual_seed(seed)
-        return [torch.randn(t.shape, generator=gen, device="cuda", dtype=torch.float32).to(t.dtype)
-                for t in (self.q, self.k, self.v)]
+        for stack in self.stacks:
+            stack.normal_(generator=gen)
+
+    def _inputs_unchanged(self) -> bool:
+        gen = torch.Generator(device="cuda").manual_seed(self.seed)
+        return all(torch.equal(stack, torch.empty_like(stack).normal_(generator=gen)) for stack in self.stacks)
 
     def sample(self, name: str, flush: torch.Tensor) -> tuple:
         """Time one sample of `name`: (start event, end event, whether the host outran the spin)."""
@@ -248,14 +276,14 @@ class _ConfigState:
             lse.fill_(float("nan"))
         flush.zero_()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        run = self.contenders[name]
+        runs = self.contenders[name]
         torch.cuda._sleep(int(self.spin_s * _SPIN_CLOCK_HZ))
         t0 = time.perf_counter()
         start.record()
-        for _ in range(self.launches):
+        for j in range(self.launches):
             o, lse = buffers[self.turn.get(name, 0) % len(buffers)] if buffers else (None, None)
             self.turn[name] = self.turn.get(name, 0) + 1
-            run(o, lse)
+            runs[j](o, lse)
         end.record()
         uncovered = self._uncovered(time.perf_counter() - t0)
         host_bound = uncovered > self.spin_s
@@ -281,15 +309,17 @@ class _ConfigState:
                                    "(NaN poison): work skipped while timed")
 
     def check_last(self, name: str, verify, rng) -> None:
+        """Right after a sample of `name`: its last launch's output against the fp32 reference on the
+        input set that launch read, and every input set as it was generated."""
         o, lse = self._last_sample(name)[-1]
+        q, k, v = (stack[self.launches - 1] for stack in self.stacks)
         sq = self.config.seqlen_q
         first = rng.randrange(max(1, sq - _CHECK_ROWS + 1))
         rows = (first, min(sq, first + _CHECK_ROWS))
-        if not all(torch.equal(t, fresh) for t, fresh in zip((self.q, self.k, self.v), self._values(self.seed),
-                                                              strict=True)):
+        if not self._inputs_unchanged():
             raise TimedOutputError(f"{self.config.name}: the inputs changed while timed: a kernel must not "
                                    "write q, k, v")
-        ref_out, ref_lse, bound = verify.reference(self.q, self.k, self.v, self.config.causal, self.scale, rows=rows)
+        ref_out, ref_lse, bound = verify.reference(q, k, v, self.config.causal, self.scale, rows=rows)
         diagnosis, _ = verify.compare(o[:, rows[0]:rows[1]], lse[:, :, rows[0]:rows[1]], ref_out, ref_lse, bound)
         if diagnosis:
             raise TimedOutputError(f"{self.config.name}: a timed call's output is wrong (rows {rows[0]}-{rows[1]}): "
@@ -300,7 +330,8 @@ class _ConfigState:
         Also returns the longest host time one launch took (enqueueing, not running) and the
         shortest GPU time of one launch, in seconds."""
         longest, shortest, host_s = 0.0, math.inf, 0.0
-        for name, run in self.contenders.items():
+        for name, runs in self.contenders.items():
+            run = runs[0]
             o, lse = self.buffers[name][0] if name in self.buffers else (None, None)
             run(o, lse)  # warm: a baseline's first call may compile
             torch.cuda.synchronize()

@@ -164,24 +164,29 @@ def test_a_kernel_that_skips_one_launch_in_ten_is_caught_while_timed():
 
 
 @pytest.mark.gpu
-def test_every_sample_of_a_contender_sees_inputs_it_has_not_seen():
-    # A kernel may fingerprint its inputs (a few values read on the device) and copy the output it
-    # made for the same values before. The inputs are new every round, so no two samples of one
-    # contender share them (launches within one sample still do: a short config's residual risk).
+def test_no_two_timed_launches_read_the_same_inputs():
+    # A kernel may fingerprint its inputs (a few values read on the device) and copy an output made
+    # for the same values before: its own, or the incumbent's from a buffer at a fixed offset. The
+    # inputs are new before every sample, and every launch of a short config's sample has a set of
+    # its own, so no two timed launches of the measurement, of one contender or of both, share them.
     import torch
 
     config, fn = _honest_kernel()
-    prints = []
+    prints = {"candidate": [], "incumbent": []}
 
-    def fingerprinting(q, k, v, o, lse, scale):
-        prints.append(tuple(float(t.float().sum()) for t in (q, k, v)))
-        fn(q, k, v, o, lse, scale)
+    def fingerprinting(name):
+        def run(q, k, v, o, lse, scale):
+            prints[name].append((q.data_ptr(), *(float(t.float().sum()) for t in (q, k, v))))
+            fn(q, k, v, o, lse, scale)
+        return run
 
-    m = timing.measure([config], {"candidate": {config.spec: fingerprinting}, "incumbent": {config.spec: fn}},
-                       min_rounds=8, seed=8)
+    m = timing.measure([config], {name: {config.spec: fingerprinting(name)} for name in prints}, min_rounds=8,
+                       seed=8)
     torch.cuda.synchronize()
     n = m.launches[config.name]
-    timed = prints[3:]  # the calibration's three calls first
-    samples = [set(timed[i:i + n]) for i in range(0, len(timed), n)]
-    assert len(samples) == 8 and all(len(s) == 1 for s in samples)  # one input set per sample
-    assert len({next(iter(s)) for s in samples}) == 8  # and a new one every sample
+    assert n > 1  # a short config: several launches a sample, the case this guards
+    timed = [p for name in prints for p in prints[name][3:]]  # past each one's three calibration calls
+    assert len(timed) == 2 * 8 * n
+    assert len({p[1:] for p in timed}) == len(timed)  # no two launches read the same values
+    assert len({p[0] for p in timed}) == n  # n input sets, the same pointers every sample
+    assert m.checks == 1
