@@ -11,9 +11,9 @@ export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
 export PATH=$PATH:/usr/local/cuda/bin
 for w in .gpu-bundle/extra/*.whl; do [ -e "$w" ] && export PYTHONPATH="$PYTHONPATH:$PWD/$w"; done  # nvidia-ml-py
 out=${OUT:-/tmp/avo-out}; mkdir -p "$out"
-# the ncu modes: KERNEL CONFIG, and two launches of each of it and FA4 (warms the compiles; what ncu profiles)
+# the ncu modes: KERNEL CONFIG (of the suite $SUITE, default paper), and two launches of each of it and FA4 (warms the compiles; what ncu profiles)
 kernel=${2:-flash_fwd_sm90}; config=${3:-mha16x16_s16k_full}
-once=(python3 bench/power_profile.py --kernel "$kernel" --configs "$config" --baselines fa4 --once)
+once=(python3 bench/power_profile.py --kernel "$kernel" --suite "${SUITE:-paper}" --configs "$config" --baselines fa4 --once)
 nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw,power.limit --format=csv,noheader | tee -a "$out/gpu.txt"
 case "${1:-}" in
   tests)  # one file per call: test_timing and test_zoo together (21 tests) take past one call's 560 s
