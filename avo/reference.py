@@ -15,10 +15,11 @@ __all__ = ["reference_attention", "attention_flops"]
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                         softmax_scale: float | None = None, dtype: torch.dtype = torch.float32,
-                        chunk: int = 1024, rows: tuple[int, int] | None = None):
+                        chunk: int = 1024, rows: tuple[int, int] | torch.Tensor | None = None):
     """(out, lse) in `dtype` for (batch, seqlen, heads, head_dim) inputs; GQA by repeating KV heads.
     Query rows are processed `chunk` at a time to bound the memory of the score matrix; `rows`
-    (start, end) limits the work to those query rows (a spot check of a long sequence)."""
+    limits the work to some query rows (a spot check of a long sequence): a window (start, end), or
+    a 1-D tensor of row indices (rows drawn over the whole sequence), in the output's row order."""
     batch, seqlen_q, heads_q, head_dim = q.shape
     seqlen_k, heads_kv = k.shape[1], k.shape[2]
     if heads_q % heads_kv:
@@ -27,20 +28,27 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
     group = heads_q // heads_kv
     kf = k.to(dtype).repeat_interleave(group, dim=2).transpose(1, 2)  # (b, h, sk, d)
     vf = v.to(dtype).repeat_interleave(group, dim=2).transpose(1, 2)
+    if isinstance(rows, torch.Tensor):
+        index = rows.to(device=q.device, dtype=torch.long)
+    else:
+        first, last = rows if rows is not None else (0, seqlen_q)
+        index = torch.arange(first, last, device=q.device)
     outs, lses = [], []
-    first, last = rows if rows is not None else (0, seqlen_q)
-    for start in range(first, last, chunk):
-        qf = q[:, start:min(start + chunk, last)].to(dtype).transpose(1, 2)  # (b, h, m, d)
+    for start in range(0, index.numel(), chunk):
+        at = index[start:start + chunk]
+        qf = q.index_select(1, at).to(dtype).transpose(1, 2)  # (b, h, m, d)
         scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale
-        if causal:
-            rows = torch.arange(start, start + qf.shape[2], device=q.device)[:, None]
+        if causal:  # bottom-right aligned: row i sees keys up to i + sk - sq
             cols = torch.arange(seqlen_k, device=q.device)[None, :]
-            scores = scores.masked_fill(cols > rows + seqlen_k - seqlen_q, float("-inf"))
+            scores = scores.masked_fill(cols > at[:, None] + seqlen_k - seqlen_q, float("-inf"))
         lse = torch.logsumexp(scores, dim=-1)  # -inf on rows with no visible key
         probs = torch.exp(scores - lse.unsqueeze(-1).clamp_min(torch.finfo(dtype).min))
         probs = torch.nan_to_num(probs, nan=0.0)
         outs.append(torch.matmul(probs, vf).transpose(1, 2))
         lses.append(lse)
+    if not outs:  # no rows asked
+        return q.new_zeros((batch, 0, heads_q, vf.shape[-1]), dtype=dtype), q.new_zeros((batch, heads_q, 0),
+                                                                                          dtype=dtype)
     return torch.cat(outs, dim=1), torch.cat(lses, dim=2)
 
 

@@ -17,11 +17,12 @@ kernel that fingerprints its inputs finds no output made for them before, neithe
 nor one another contender left in memory it could locate (an incumbent's buffer at a fixed offset).
 Attention's run time does not depend on the values, so the pairs stay pairs.
 
-After every sample, every buffer the candidate's launches wrote is scanned for the NaN poison (a
-kernel that skips some of its launches fails there), and in each block one round chosen at random
-has the candidate's last output checked against the fp32 reference (a random window of query rows)
-right after its sample, with its inputs checked unchanged: a kernel that serves stale output or
-writes its inputs fails there. After every sample the whole device is synchronized: a candidate
+After every sample of the candidate, every buffer its launches wrote is scanned for the NaN poison
+(a kernel that skips some of its launches fails there), its inputs are checked unchanged, and the
+output of every one of its launches is checked against the fp32 reference on query rows drawn at
+random over the whole sequence: a kernel that serves stale output, writes its inputs, or is wrong
+on a few tiles of a few launches (skipped work that leaves no NaN) fails there. The checks are not
+timed. After every sample the whole device is synchronized: a candidate
 whose work goes on after its timed calls returned (another stream, which the events miss) is
 caught by the wait, and cannot slow the next kernel's sample. Each round reads
 NVML telemetry; rounds taken while the GPU throttled itself are flagged (avo.telemetry).
@@ -57,7 +58,7 @@ __all__ = ["BASELINES", "DENSE_BF16_PEAK_TFLOPS", "MIN_SAMPLE_MS", "Measurement"
 BASELINES = ("fa4", "cudnn", "fa2")
 MIN_SAMPLE_MS = 1.0  # a sample of a short config repeats the launch until it lasts this long
 _ROTATE = 3  # at least this many output buffers per kernel, used in turn by consecutive launches
-_CHECK_ROWS = 128  # query rows of the reference spot check in each block
+_CHECK_ROWS = 64  # query rows, drawn at random, of every timed launch checked against the reference
 _L2_FLUSH_BYTES = 256 << 20  # larger than any L2 (H100 50 MB, B200 126 MB)
 _SPIN_CLOCK_HZ = 2.0e9  # cycles per second assumed for the spin: at or above any boost clock, so it lasts >= asked
 _SPIN_MIN_S = 50e-6  # the spin also covers the event record and the first launch's own latency
@@ -162,8 +163,7 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
         # the first block, then doubling: few looks at the data keep the adaptive error rate near the nominal
         step = block if rounds < min_rounds else min(rounds, max_rounds - rounds)
         for state in states:
-            check_round = rng.randrange(step) if check in state.contenders else -1
-            for r in range(step):
+            for _ in range(step):
                 order = list(state.contenders)
                 rng.shuffle(order)
                 ms = {}
@@ -174,11 +174,10 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
                     ms[name] = state.sample(name, flush)
                     state.lagged[name] = state.lagged.get(name, 0) + _lags(ms[name][1])
                     result.host_bound += ms[name][2]
-                    if name == check:
+                    if name == check:  # before the next sample regenerates the inputs
                         state.check_written(name)
-                        if r == check_round:  # before the next sample regenerates its inputs
-                            state.check_last(name, verify, rng)
-                            result.checks += 1
+                        state.check_outputs(name, verify, rng)
+                        result.checks += 1
                 reading = telemetry.read() if telemetry is not None else None
                 readings.append(reading)
                 for name in order:
@@ -308,22 +307,26 @@ class _ConfigState:
             raise TimedOutputError(f"{self.config.name}: a timed call left {poisoned} output/LSE values unwritten "
                                    "(NaN poison): work skipped while timed")
 
-    def check_last(self, name: str, verify, rng) -> None:
-        """Right after a sample of `name`: its last launch's output against the fp32 reference on the
-        input set that launch read, and every input set as it was generated."""
-        o, lse = self._last_sample(name)[-1]
-        q, k, v = (stack[self.launches - 1] for stack in self.stacks)
-        sq = self.config.seqlen_q
-        first = rng.randrange(max(1, sq - _CHECK_ROWS + 1))
-        rows = (first, min(sq, first + _CHECK_ROWS))
+    def check_outputs(self, name: str, verify, rng) -> None:
+        """Right after a sample of `name`: every input set as it was generated, and the output of
+        every launch of the sample on _CHECK_ROWS query rows drawn at random over the whole sequence,
+        every batch and head, against the fp32 reference on the input set that launch read. A kernel
+        wrong on a fraction f of its rows in some launch is caught there with probability
+        1 - (1 - f)^_CHECK_ROWS (one tile in sixteen: 98%), and every launch is checked."""
         if not self._inputs_unchanged():
             raise TimedOutputError(f"{self.config.name}: the inputs changed while timed: a kernel must not "
                                    "write q, k, v")
+        sq = self.config.seqlen_q
+        rows = torch.tensor(sorted(rng.sample(range(sq), min(sq, _CHECK_ROWS))), device="cuda")
+        written = self._last_sample(name)  # launch order: launch j read input set j
+        out = torch.cat([o.index_select(1, rows) for o, _ in written])  # (launches * batch, rows, heads, d)
+        lse = torch.cat([lse.index_select(2, rows) for _, lse in written])
+        q, k, v = (stack.flatten(0, 1) for stack in self.stacks)  # the sets side by side as one batch
         ref_out, ref_lse, bound = verify.reference(q, k, v, self.config.causal, self.scale, rows=rows)
-        diagnosis, _ = verify.compare(o[:, rows[0]:rows[1]], lse[:, :, rows[0]:rows[1]], ref_out, ref_lse, bound)
+        diagnosis, _ = verify.compare(out, lse, ref_out, ref_lse, bound)
         if diagnosis:
-            raise TimedOutputError(f"{self.config.name}: a timed call's output is wrong (rows {rows[0]}-{rows[1]}): "
-                                   f"{diagnosis}")
+            raise TimedOutputError(f"{self.config.name}: a timed call's output is wrong ({len(rows)} random "
+                                   f"rows of each launch): {diagnosis}")
 
     def _calibrate(self) -> tuple[int, float, float]:
         """Warm every contender up, then pick launches per sample from the slowest one's GPU time.

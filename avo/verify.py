@@ -97,8 +97,9 @@ def check(fn, configs: list[ShapeConfig], seeds: int = 2, softmax_scale: float |
     return {"ok": True, "diagnosis": summary, "shapes": records}
 
 
-def reference(q, k, v, causal: bool, scale: float, rows: tuple[int, int] | None = None) -> tuple:
-    """(fp32 out, fp32 lse, error bound), for the query rows `rows` (start, end) only if given: the
+def reference(q, k, v, causal: bool, scale: float, rows=None) -> tuple:
+    """(fp32 out, fp32 lse, error bound), for the query rows `rows` only if given (a window (start,
+    end) or a tensor of row indices, as reference_attention takes): the
     bound is twice what torch's own low-precision attention gets wrong on these inputs, plus 1e-5."""
     ref_out, ref_lse = reference_attention(q, k, v, causal=causal, softmax_scale=scale, rows=rows)
     lowp_out, _ = reference_attention(q, k, v, causal=causal, softmax_scale=scale, dtype=q.dtype, rows=rows)

@@ -1,5 +1,5 @@
 """The timing sampler: what it hands the estimator (CPU), and what a kernel that games the timed
-calls runs into (GPU): outputs poisoned before every sample, one timed output per block checked,
+calls runs into (GPU): outputs poisoned before every sample, every timed output checked on random rows,
 inputs regenerated in place so that a cache keyed on pointers goes stale."""
 
 import pytest
@@ -39,6 +39,28 @@ def test_telemetry_flags_only_the_throttling_the_chip_does_to_itself():
     assert not Telemetry.throttled({"reasons": 0x4})  # the software power cap: both kernels of a pair see it
     assert Telemetry.power_capped({"reasons": 0x4}) and not Telemetry.throttled(None)
     assert HARD_THROTTLE == 0x8 | 0x20 | 0x40 | 0x80
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_reference_on_scattered_rows_is_those_rows_of_the_full_reference(causal):
+    # The timed check draws query rows over the whole sequence; the reference on those rows alone
+    # must be the full reference's rows (causal: each row keeps its own diagonal, sq < sk aligned
+    # bottom-right), in the order asked.
+    import torch
+
+    from avo.reference import reference_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 40, 4, 16, generator=gen), torch.randn(2, 56, 2, 16, generator=gen), \
+        torch.randn(2, 56, 2, 16, generator=gen)
+    full_out, full_lse = reference_attention(q, k, v, causal=causal, chunk=7)
+    rows = torch.tensor([0, 3, 17, 18, 39, 25])
+    out, lse = reference_attention(q, k, v, causal=causal, chunk=4, rows=rows)
+    assert out.shape == (2, 6, 4, 16) and lse.shape == (2, 4, 6)
+    torch.testing.assert_close(out, full_out[:, rows], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lse, full_lse[:, :, rows], rtol=1e-5, atol=1e-6)
+    window_out, _ = reference_attention(q, k, v, causal=causal, rows=(5, 12))
+    torch.testing.assert_close(window_out, full_out[:, 5:12], rtol=1e-5, atol=1e-6)
 
 
 def _honest_kernel():
@@ -101,7 +123,7 @@ def test_an_honest_pair_gives_paired_samples_and_checked_outputs():
                        seed=4)
     pairs = m.pairs()[config.name]
     assert len(pairs) == 8 and all(a > 0 and b > 0 for a, b in pairs)
-    assert m.checks == 1 and m.launches[config.name] >= 1
+    assert m.checks == 8 and m.launches[config.name] >= 1  # every candidate sample checked
 
 
 @pytest.mark.gpu
@@ -189,4 +211,23 @@ def test_no_two_timed_launches_read_the_same_inputs():
     assert len(timed) == 2 * 8 * n
     assert len({p[1:] for p in timed}) == len(timed)  # no two launches read the same values
     assert len({p[0] for p in timed}) == n  # n input sets, the same pointers every sample
-    assert m.checks == 1
+    assert m.checks == 8
+
+
+@pytest.mark.gpu
+def test_a_kernel_wrong_on_one_tile_in_sixteen_is_caught_while_timed():
+    # Skipped work that leaves no NaN: the output is right except for one 32-row tile in sixteen,
+    # zeroed, in every launch after the calibration. A window check once per block would miss it most
+    # of the time; random rows of every launch find it.
+    config, fn = _honest_kernel()
+    calls = []
+    tile = config.seqlen_q // 16
+
+    def partial(q, k, v, o, lse, scale):
+        calls.append(1)
+        fn(q, k, v, o, lse, scale)
+        if len(calls) > 3:  # past the warm-up and calibration calls
+            o[:, 5 * tile:6 * tile].zero_()
+
+    with pytest.raises(timing.TimedOutputError, match="output is wrong"):
+        timing.measure([config], {"candidate": {config.spec: partial}, "incumbent": {config.spec: fn}}, seed=9)
