@@ -192,14 +192,17 @@ def test_no_ray_cluster_at_the_address_is_a_one_line_error(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
+def ray_cluster(tmp_path_factory):
     """A Ray cluster of this machine only (127.0.0.1): 2 CPUs and 2 GPUs Ray places tasks on (it
-    does not look at the hardware for declared GPUs), shut down after the module."""
+    does not look at the hardware for declared GPUs), shut down after the module. Its workers get
+    a kernel cache of their own: kernels other test modules compiled would make every compile
+    instant, and the side-by-side timing of two compiles would show nothing."""
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         pytest.skip("a Ray connection is already open in this process")
+    cache = tmp_path_factory.mktemp("ray_kernel_cache")
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="WARNING")
+             logging_level="WARNING", runtime_env={"env_vars": {"AVO_CACHE_DIR": str(cache)}})
     yield ray
     ray.shutdown()
 
