@@ -22,9 +22,10 @@ After every sample of the candidate, every buffer its launches wrote is scanned 
 output of every one of its launches is checked against the fp32 reference on query rows drawn at
 random over the whole sequence: a kernel that serves stale output, writes its inputs, or is wrong
 on a few tiles of a few launches (skipped work that leaves no NaN) fails there. The checks are not
-timed. After every sample the whole device is synchronized: a candidate
-whose work goes on after its timed calls returned (another stream, which the events miss) is
-caught by the wait, and cannot slow the next kernel's sample. Each round reads
+timed. After every sample the whole device is synchronized: a sample whose
+work goes on after its end event (another stream, which the events miss) is timed until the device
+is idle instead, cannot slow the next kernel's sample, and a candidate that does so in most of its
+samples fails. Each round reads
 NVML telemetry; rounds taken while the GPU throttled itself are flagged (avo.telemetry).
 
 The device sync after every sample leaves the GPU idle while the host enqueues the next sample, so
@@ -103,6 +104,7 @@ class Measurement:
     telemetry: dict = field(default_factory=dict)  # min/max SM clock, max temperature and power; or why not
     missing: dict = field(default_factory=dict)  # baseline -> why it was not measured
     host_bound: int = 0  # samples whose launches took the host longer than the GPU spin ahead of them
+    lagged: dict = field(default_factory=dict)  # name -> samples after which the device was still busy
 
     def pairs(self, a: str = "incumbent", b: str = "candidate") -> dict:
         """{config: [(t_a, t_b), ...]} for avo.stats.paired_ratio."""
@@ -131,7 +133,7 @@ class Measurement:
 
     def summary(self) -> dict:
         return {"rounds": {c: len(f) for c, f in self.flags.items()}, "launches": self.launches,
-                "host_bound_samples": self.host_bound,
+                "host_bound_samples": self.host_bound, "lagged_samples": self.lagged,
                 "checks": self.checks, "excluded_rounds": sum(sum(f) for f in self.flags.values()),
                 "power_capped_rounds": self.power_capped, "telemetry": self.telemetry,
                 "missing_baselines": self.missing}
@@ -171,9 +173,12 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
                     # new values before every sample (see the module doc): nothing any launch made
                     # before was made for the inputs this one reads
                     state.new_inputs(rng.randrange(1 << 30))
-                    ms[name] = state.sample(name, flush)
-                    state.lagged[name] = state.lagged.get(name, 0) + _lags(ms[name][1])
-                    result.host_bound += ms[name][2]
+                    start, end, host_bound = state.sample(name, flush)
+                    end, lagged = _settle(end)
+                    ms[name] = (start, end)
+                    state.lagged[name] = state.lagged.get(name, 0) + lagged
+                    result.lagged[name] = result.lagged.get(name, 0) + lagged
+                    result.host_bound += host_bound
                     if name == check:  # before the next sample regenerates the inputs
                         state.check_written(name)
                         state.check_outputs(name, verify, rng)
@@ -363,13 +368,21 @@ def last_sample_buffers(turn: int, launches: int, count: int) -> list[int]:
 _LAG_S = 200e-6  # a device sync right after the end event takes ~10-30 us when nothing else runs
 
 
-def _lags(end) -> bool:
-    """Wait for the sample's end event, then for the whole device: if the device was still busy
-    well past the end event, the sample's work went on in another stream (not timed)."""
+def _settle(end):
+    """Wait for the sample's end event, then for the whole device. If the device was still busy
+    well past the end event, the sample's work went on in another stream, which the end event does
+    not wait for: the sample then ends at an event recorded once the device is idle, so that work is
+    timed too (with the host's latency of a sync on top: a penalty, never a gain). Returns (the
+    event the sample ends at, whether it lagged)."""
     end.synchronize()
     t0 = time.perf_counter()
     torch.cuda.synchronize()
-    return time.perf_counter() - t0 > _LAG_S
+    if time.perf_counter() - t0 <= _LAG_S:
+        return end, False
+    idle = torch.cuda.Event(enable_timing=True)
+    idle.record()
+    idle.synchronize()
+    return idle, True
 
 
 def _summary(readings: list, telemetry) -> dict:

@@ -231,3 +231,37 @@ def test_a_kernel_wrong_on_one_tile_in_sixteen_is_caught_while_timed():
 
     with pytest.raises(timing.TimedOutputError, match="output is wrong"):
         timing.measure([config], {"candidate": {config.spec: partial}, "incumbent": {config.spec: fn}}, seed=9)
+
+
+@pytest.mark.gpu
+def test_work_moved_to_another_stream_in_some_samples_is_timed_anyway():
+    # The kernel runs on a side stream (which the end event does not wait for) in one sample of
+    # three: too few to fail it, and each such sample would read near zero. A sample whose device
+    # is still busy after its end event is timed until the device is idle, so it gains nothing.
+    import torch
+
+    from avo import stats
+
+    config, fn = _honest_kernel()
+    side = torch.cuda.Stream()
+    calls = []
+
+    def now_and_then(q, k, v, o, lse, scale):
+        calls.append(1)
+        if len(calls) > 3 and (len(calls) // launches[0]) % 3 == 0:  # whole samples, one in three
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(4):
+                    fn(q, k, v, o, lse, scale)
+        else:
+            fn(q, k, v, o, lse, scale)
+
+    launches = [1]
+    probe = timing.measure([config], {"candidate": {config.spec: fn}, "incumbent": {config.spec: fn}},
+                           min_rounds=1, block=1, seed=10)
+    launches[0] = probe.launches[config.name]
+    m = timing.measure([config], {"candidate": {config.spec: now_and_then}, "incumbent": {config.spec: fn}},
+                       min_rounds=24, block=24, seed=11)
+    assert m.lagged.get("candidate", 0) >= 4  # it did move work in several samples
+    est = stats.paired_ratio(m.pairs(), flags=m.flags)
+    assert est.ratio < 1.02, est.format()  # and is not faster for it
