@@ -26,9 +26,12 @@ SWEEP = [AttentionSpec(dt, hd, causal, g) for dt in ("bf16", "fp16") for hd in (
 def _default_knobs_before_tables(spec):
     """default_knobs as it was before the table (commit 3d67bff), the reference the seed table must
     reproduce: the head_dim row at or above, head_swizzle for causal, pack_gqa where the group
-    divides tile_m; and what was measured since: d256 rescales O before the PV issue (v0043)."""
-    rows = {64: dict(tile_m=192, tile_n=128, mma_regs=160, producer_regs=32),
-            128: dict(tile_m=128, tile_n=128), 256: dict(tile_m=128, tile_n=80, rescale_o_before_pv=True)}
+    divides tile_m; and what was measured since: d256 rescales O before the PV issue (v0043) and
+    keeps v0043's waits and mask (v0050's source cost 3% there)."""
+    rows = {64: dict(tile_m=192, tile_n=128, num_stages=3, mma_regs=160, producer_regs=32),
+            128: dict(tile_m=128, tile_n=128),
+            256: dict(tile_m=128, tile_n=80, rescale_o_before_pv=True, try_wait_first=False,
+                     unmask_full_blocks=False)}
     hd = min((h for h in rows if h >= spec.head_dim), default=max(rows))
     k = K.Knobs(**rows[hd], head_swizzle=spec.causal)
     if spec.qhead_per_kvhead > 1 and k.tile_m % spec.qhead_per_kvhead == 0:

@@ -32,3 +32,9 @@ def test_the_diff_lists_what_differs_largest_loop_gap_first():
     assert rows[0] == ("ISETP", 5, 1, 5, 1)
     assert ("CS2R", 0, 0, 16, 0) in rows and ("R2P", 0, 2, 0, 2) in rows
     assert all(r[0] not in ("FFMA", "HGMMA") for r in rows)  # equal on both sides
+
+
+def test_a_loop_that_keeps_its_wait_slow_path_inside_is_still_the_steady_loop():
+    body = ["HGMMA.64x80x16.F32.BF16 R24, gdesc[UR4], R24 ;", "NANOSLEEP.SYNCS 0x20 ;", "MUFU.EX2 R1, R1 ;"]
+    whole, loop = sass_vs_fa4.opcode_counts(_kernel(body, []))
+    assert loop["HGMMA"] == 1 and loop["MUFU"] == 1 and loop["NANOSLEEP"] == 1
