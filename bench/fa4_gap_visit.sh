@@ -110,16 +110,22 @@ EOF
         | tee -a "$out/eval.txt"
     done ;;
   gqa-transfer)  # issue 13's GQA transfer: a knob run on the gqa suite from the template (which carries
-    # v0041's edits), 30 minutes of wall time in all, in calls of < 10 min: repeat this mode (it resumes)
-    # while the machine stays warm; each call copies the run's lineage and sources (few files) to $OUT.
+    # the committed d128 edits), 30 minutes of wall time in all, in calls of < 10 min: repeat this mode
+    # (it resumes). Each call leaves the whole run (archive, state, events; no kernel cache) in
+    # $OUT/gqa_transfer_run.tgz: copy it to bench/results/gqa_transfer/run.tgz here and the next call,
+    # on this machine or a fresh one, in this session or a later one, goes on from it.
     run=/tmp/gqa_transfer
+    if [ ! -f "$run/state.json" ] && [ -f bench/results/gqa_transfer/run.tgz ]; then
+      mkdir -p "$run" && tar -C "$run" -xzf bench/results/gqa_transfer/run.tgz
+    fi
     start=(--config configs/evolve_gqa_sm90.yaml --set archive=$run/archive --set run_dir=$run --set budget.wall_hours=0.5)
     [ -f "$run/state.json" ] && start=(--resume $run)  # the run's elapsed time carries over
     timeout 560 python3 -m avo.evolve "${start[@]}" --operator knobs 2>&1 | grep -v Warning \
       | tail -25 | tee -a "$out/gqa_transfer.txt"
     mkdir -p "$out/gqa_archive"; cp $run/archive/lineage.json "$out/gqa_archive/"
     tar -C $run/archive -czf "$out/gqa_archive/sources.tgz" sources 2>/dev/null
-    python3 -m avo.lineage --archive $run/archive show 2>&1 | tail -15 | tee -a "$out/gqa_transfer.txt" ;;
+    python3 -m avo.lineage --archive $run/archive show 2>&1 | tail -15 | tee -a "$out/gqa_transfer.txt"
+    tar -C $run -czf "$out/gqa_transfer_run.tgz" --exclude='./cache*' . ;;
   knobs)
     suite=${2:-paper}; rounds=${3:-16}; shift 3 || shift $#
     args=()
