@@ -46,9 +46,6 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
         probs = torch.nan_to_num(probs, nan=0.0)
         outs.append(torch.matmul(probs, vf).transpose(1, 2))
         lses.append(lse)
-    if not outs:  # no rows asked
-        return q.new_zeros((batch, 0, heads_q, vf.shape[-1]), dtype=dtype), q.new_zeros((batch, heads_q, 0),
-                                                                                          dtype=dtype)
     return torch.cat(outs, dim=1), torch.cat(lses, dim=2)
 
 

@@ -104,7 +104,7 @@ class Measurement:
     telemetry: dict = field(default_factory=dict)  # min/max SM clock, max temperature and power; or why not
     missing: dict = field(default_factory=dict)  # baseline -> why it was not measured
     host_bound: int = 0  # samples whose launches took the host longer than the GPU spin ahead of them
-    lagged: dict = field(default_factory=dict)  # name -> samples after which the device was still busy
+    lagged: dict = field(default_factory=dict)  # name -> samples after which the device was still busy (all configs)
 
     def pairs(self, a: str = "incumbent", b: str = "candidate") -> dict:
         """{config: [(t_a, t_b), ...]} for avo.stats.paired_ratio."""
@@ -177,7 +177,6 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
                     end, lagged = _settle(end)
                     ms[name] = (start, end)
                     state.lagged[name] = state.lagged.get(name, 0) + lagged
-                    result.lagged[name] = result.lagged.get(name, 0) + lagged
                     result.host_bound += host_bound
                     if name == check:  # before the next sample regenerates the inputs
                         state.check_written(name)
@@ -192,6 +191,8 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
                 result.power_capped += bool(telemetry and telemetry.power_capped(reading))
         rounds += step
     for state in states:  # work still running once the timed calls had returned: another stream
+        for name, count in state.lagged.items():
+            result.lagged[name] = result.lagged.get(name, 0) + count
         late = state.lagged.get(check, 0) if check else 0
         if late > rounds // 2:
             raise TimedOutputError(f"{state.config.name}: in {late} of {rounds} samples the GPU kept working after "

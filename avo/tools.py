@@ -476,11 +476,20 @@ def sass_loops(instrs: list[dict]) -> list[dict]:
         m = re.search(r"0x([0-9a-f]+)", ins["text"].split(None, 1)[-1])
         if m and int(m.group(1), 16) < ins["addr"]:
             target = int(m.group(1), 16)
-            body = [i for i in instrs if i["function"] == ins["function"] and target <= i["addr"] <= ins["addr"]]
+            body = _between(instrs, ins["function"], target, ins["addr"])
             loops.append({"function": ins["function"], "from": f"{target:04x}", "to": f"{ins['addr']:04x}",
                           "instructions": len(body), "mix": dict(Counter(i["op"].split(".")[0] for i in body)
                                                                    .most_common(8))})
     return sorted(loops, key=lambda x: -x["instructions"])
+
+
+def loop_body(instrs: list[dict], loop: dict) -> list[dict]:
+    """The instructions of a loop sass_loops found, in order."""
+    return _between(instrs, loop["function"], int(loop["from"], 16), int(loop["to"], 16))
+
+
+def _between(instrs: list[dict], function: str, first: int, last: int) -> list[dict]:
+    return [i for i in instrs if i["function"] == function and first <= i["addr"] <= last]
 
 
 _PTX_SKIP = re.compile(r"^\s*(?:$|//|\.|\{|\}|\(|\)|[$\w]+:)")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from avo.tools import find_binary, parse_sass, sass_loops  # noqa: E402
+from avo.tools import find_binary, loop_body, parse_sass, sass_loops  # noqa: E402
 
 
 def opcode_counts(sass_text: str) -> tuple[Counter, Counter]:
@@ -36,9 +36,7 @@ def opcode_counts(sass_text: str) -> tuple[Counter, Counter]:
     whole = Counter(i["op"].split(".")[0] for i in instrs)
     bodies = []
     for loop in reversed(sass_loops(instrs)):  # shortest first
-        lo, hi = int(loop["from"], 16), int(loop["to"], 16)
-        body = Counter(i["op"].split(".")[0] for i in instrs
-                       if i["function"] == loop["function"] and lo <= i["addr"] <= hi)
+        body = Counter(i["op"].split(".")[0] for i in loop_body(instrs, loop))
         if body["HGMMA"]:
             bodies.append(body)
     # where ptxas keeps a wait's slow path inside the loop (d256), every loop sleeps: the shortest then

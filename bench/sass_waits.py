@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from avo.tools import find_binary, parse_sass, sass_loops  # noqa: E402
+from avo.tools import find_binary, loop_body, parse_sass, sass_loops  # noqa: E402
 
 _SOFTMAX_OPS = ("FFMA", "MUFU", "FMNMX", "FADD", "FMUL", "F2FP")
 
@@ -30,8 +30,7 @@ def loops_between_waits(sass_text: str, hgmma_per_iteration: int | None = 16) ->
     instrs = parse_sass(sass_text)
     out = []
     for loop in sass_loops(instrs):
-        lo, hi = int(loop["from"], 16), int(loop["to"], 16)
-        body = [x for x in instrs if x["function"] == loop["function"] and lo <= x["addr"] <= hi]
+        body = loop_body(instrs, loop)
         hgmma = sum(x["op"].startswith("HGMMA") for x in body)
         if hgmma < 2 or (hgmma_per_iteration is not None and hgmma != hgmma_per_iteration):
             continue
@@ -44,7 +43,7 @@ def loops_between_waits(sass_text: str, hgmma_per_iteration: int | None = 16) ->
             c = collections.Counter(x["op"].split(".")[0] for x in body[a:b])
             return {op: c[op] for op in _SOFTMAX_OPS if c[op]}
 
-        out.append({"loop": hex(lo), "instructions": len(body),
+        out.append({"loop": hex(int(loop["from"], 16)), "instructions": len(body),
                     "between_waits": mix(waits[1], waits[0]), "after_pv_wait": mix(waits[0], len(body))})
     return sorted(out, key=lambda row: int(row["loop"], 16))
 
