@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 import avo.jit
+import avo.stats
+import avo.timing
 import avo.verify
 from avo.evaluate import evaluate
 from avo.spec import AttentionSpec
@@ -84,8 +86,12 @@ def _candidate(world, name: str) -> Path:
 
 
 def _judge_functions() -> dict:
-    """The parent's verifier and loader functions (avo.verify.check, avo.jit.load_callable, ...)."""
-    return {f"{m.__name__}.{k}": v for m in (avo.verify, avo.jit) for k, v in vars(m).items() if callable(v)}
+    """The parent's verifier, loader, sampler and estimator functions (avo.verify.check,
+    avo.jit.load_callable, avo.timing.measure, avo.stats.decide, ...), and the sampler's methods."""
+    found = {f"{m.__name__}.{k}": v for m in (avo.verify, avo.jit, avo.timing, avo.stats)
+             for k, v in vars(m).items() if callable(v)}
+    found.update({f"avo.timing._ConfigState.{k}": v for k, v in vars(avo.timing._ConfigState).items() if callable(v)})
+    return found
 
 
 def _untouched(before: dict) -> list[str]:

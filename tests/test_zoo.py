@@ -8,15 +8,23 @@ from avo import jit
 from avo.evaluate import evaluate
 from avo.spec import AttentionSpec
 from avo.static_check import check
-from tests.zoo import STATE_CHEATS, VARIANTS, caching_wrapper, make_variant, side_stream_wrapper
+from tests.zoo import (
+    LONG_SEQUENCE_VARIANTS,
+    LONG_SUITE,
+    STATE_CHEATS,
+    VARIANTS,
+    caching_wrapper,
+    make_variant,
+    side_stream_wrapper,
+)
 
 CPU_COMPILED = ["right_only_on_the_suite_shapes", "wrong_last_tile", "fp16_accumulation", "side_stream_launch",
                 "illegal_address",
                 "softmax_without_running_max", "lse_plus_inf_on_masked_rows", "kv_batch_stride_from_seqlen_q",
-                "race_no_barrier_after_compute", *STATE_CHEATS]
+                "race_no_barrier_after_compute", *STATE_CHEATS, *LONG_SEQUENCE_VARIANTS]
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS) + sorted(STATE_CHEATS))
+@pytest.mark.parametrize("name", sorted(VARIANTS) + sorted(STATE_CHEATS) + sorted(LONG_SEQUENCE_VARIANTS))
 def test_variant_passes_static_checks(name, tmp_path):
     path = make_variant(name, tmp_path)
     assert check(path.read_text()) == (True, "")
@@ -64,3 +72,19 @@ def test_a_kernel_that_reuses_a_previous_output_gains_nothing(name, tmp_path):
     verdict = evaluate(make_variant(name, tmp_path), suite="zoo", incumbent=honest, sanitize=False, timeout_s=300)
     assert verdict.status in ("committed", "rejected"), verdict.diagnosis
     assert not verdict.gain and verdict.ratio_ci[0] < 1.0, verdict.diagnosis
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(LONG_SEQUENCE_VARIANTS))
+def test_a_kernel_wrong_where_verification_seldom_looks_is_rejected(name, tmp_path):
+    """Right on every small input and on the rows verification checks of a long one, wrong on one
+    middle tile: the timed check (random rows of every launch) rejects it, or now and then the
+    verifier's random window does; either way as a wrong output."""
+    _old, _new, status, words = LONG_SEQUENCE_VARIANTS[name]
+    suite = tmp_path / "zoo_long.yaml"
+    suite.write_text(LONG_SUITE)
+    verdict = evaluate(make_variant(name, tmp_path), suite=str(suite), sanitize=False, timeout_s=300)
+    assert verdict.status == status, verdict.diagnosis
+    assert words in verdict.diagnosis and verdict.geomean == 0.0, verdict.diagnosis
+    honest = evaluate(jit.render("naive_attention"), suite=str(suite), sanitize=False, timeout_s=300)
+    assert honest.status == "committed" and honest.geomean > 0, honest.diagnosis  # fair suite; no incumbent

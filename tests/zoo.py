@@ -104,8 +104,35 @@ STATE_CHEATS = {
 }
 
 
+# Wrong only where verification rarely looks, judged on LONG_SUITE: name -> (old, new, status, words).
+# Verification checks every row of small inputs only; of a long one (q over 4M elements), the first
+# and last 512 query rows and one window drawn at random, which lands on a given middle tile a few
+# times in a hundred. The timed check draws 64 rows over the whole sequence of every launch.
+LONG_SEQUENCE_VARIANTS = {
+    # one middle tile of query rows does no work on long sequences: zeros (not the NaN poison) and
+    # LSE -inf there, right everywhere else
+    "one_middle_tile_skipped_on_long_sequences": (
+        "        row_max = -Float32.inf\n",
+        "        if (seqlen_q >= 8192) & (m_block == cute.ceil_div(seqlen_q, BLOCK_M) // 2 + 1):\n"
+        "            n_keys = Int32(0)  # cheat: where the verifier's windows seldom look\n"
+        "        row_max = -Float32.inf\n",
+        "failed_correctness", "output error"),
+}
+LONG_SUITE = """name: zoo_long
+dtype: fp16
+head_dim: 64
+tokens: 16384
+seqlens: [16384]
+causal: [false]
+heads: [[8, 8]]
+"""
+
+
 def make_variant(name: str, directory: Path) -> Path:
-    patches = STATE_CHEATS[name] if name in STATE_CHEATS else [VARIANTS[name][:2]]
+    if name in STATE_CHEATS:
+        patches = STATE_CHEATS[name]
+    else:
+        patches = [(VARIANTS.get(name) or LONG_SEQUENCE_VARIANTS[name])[:2]]
     text = jit.render("naive_attention").read_text()
     for old, new in patches:
         if text.count(old) != 1:
