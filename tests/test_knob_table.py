@@ -27,7 +27,8 @@ def _default_knobs_before_tables(spec):
     """default_knobs as it was before the table (commit 3d67bff), the reference the seed table must
     reproduce: the head_dim row at or above, head_swizzle for causal, pack_gqa where the group
     divides tile_m; and what was measured since: d256 rescales O before the PV issue (v0043) and
-    keeps v0043's waits and mask (v0050's source cost 3% there)."""
+    keeps v0043's waits and mask (v0050's source cost 3% there); the bitmask causal mask at d64 and
+    d128 (v0052, v0053); d128 without ping-pong and causal GQA unpacked (the GQA transfer, v0056)."""
     rows = {64: dict(tile_m=192, tile_n=128, num_stages=3, mma_regs=160, producer_regs=32),
             128: dict(tile_m=128, tile_n=128),
             256: dict(tile_m=128, tile_n=80, rescale_o_before_pv=True, try_wait_first=False,
@@ -36,6 +37,10 @@ def _default_knobs_before_tables(spec):
     k = K.Knobs(**rows[hd], head_swizzle=spec.causal)
     if spec.qhead_per_kvhead > 1 and k.tile_m % spec.qhead_per_kvhead == 0:
         k = k.replace(pack_gqa=True)
+    if hd in (64, 128):
+        k = k.replace(bitmask_causal_mask=True)
+    if hd == 128:
+        k = k.replace(pingpong=False, pack_gqa=k.pack_gqa and not spec.causal)
     return k
 
 
@@ -44,7 +49,10 @@ def test_seed_table_gives_every_spec_the_knobs_it_had():
     for spec in SUITE_SPECS + SWEEP:
         assert K.SEED_TABLE.for_spec(spec) == _default_knobs_before_tables(spec), spec.key()
         assert K.default_knobs(spec) == K.SEED_TABLE.for_spec(spec)
-    assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, True, 8)) == K.Knobs(pack_gqa=True, head_swizzle=True)
+    assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, True, 8)) == K.Knobs(
+        head_swizzle=True, pingpong=False, bitmask_causal_mask=True)
+    assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, False, 8)) == K.Knobs(
+        pack_gqa=True, head_swizzle=False, pingpong=False, bitmask_causal_mask=True)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 64, False, 3)).pack_gqa  # 3 divides 192
     assert not K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, False, 3)).pack_gqa
 
@@ -60,7 +68,7 @@ def test_seed_table_gives_every_spec_the_knobs_it_had():
     (lambda: K.KnobTable(rows=[({"causal": True}, {})]), "row 0: overrides nothing"),
     (lambda: K.KnobTable(rows=[({"causal": True},)]), "a row is (match, overrides)"),
     (lambda: K.KnobTable(default={"tile_m": 96}), "default: tile_m=96 not in [64, 128, 192]"),
-    (lambda: K.SEED_TABLE.with_row({"head_dim": 128}, {"num_stages": 4}), "row 6: num_stages=4 not in [1, 2, 3]"),
+    (lambda: K.SEED_TABLE.with_row({"head_dim": 128}, {"num_stages": 4}), "row 9: num_stages=4 not in [1, 2, 3]"),
 ])
 def test_a_bad_table_is_a_one_line_error(make, words):
     with pytest.raises(ValueError) as err:
@@ -108,8 +116,9 @@ def test_a_table_is_normalized_and_round_trips_through_json():
 def test_load_knobs_and_load_table_read_both_forms():
     table = K.SEED_TABLE.with_row({"causal": False, "head_dim": 128}, {"tile_n": 176})
     spec = AttentionSpec("bf16", 128, False, 4)
-    assert jit.load_knobs(FAMILY, table.as_dict(), spec=spec) == K.Knobs(tile_n=176, pack_gqa=True, head_swizzle=False)
-    assert jit.load_knobs(FAMILY, {"tile_n": 176}, spec=spec) == K.Knobs(tile_n=176, pack_gqa=True, head_swizzle=False)
+    seeded = K.Knobs(tile_n=176, pack_gqa=True, head_swizzle=False, pingpong=False, bitmask_causal_mask=True)
+    assert jit.load_knobs(FAMILY, table.as_dict(), spec=spec) == seeded
+    assert jit.load_knobs(FAMILY, {"tile_n": 176}, spec=spec) == seeded
     assert jit.load_table(FAMILY) == K.SEED_TABLE
     assert jit.load_table(FAMILY, table.as_dict()) == table
     assert jit.load_table(FAMILY, {"tile_n": 176}) == K.KnobTable(K.Knobs(tile_n=176, head_swizzle=False), ())

@@ -47,6 +47,10 @@ class Knobs:
     # A non-causal K/V block whose keys all lie inside seqlen_k skips the bounds mask (a uniform
     # branch instead of a compare per column and a select per element on each tile's first block).
     unmask_full_blocks: bool = True
+    # The causal mask through one bitmask per row and 32 columns (R2P) instead of a compare per
+    # column. H100 2026-11-23, judged against the seed of the time: hdim64 1.0012x [1.0007, 1.0020]
+    # (v0052), paper 0.9991x [0.9971, 1.0014] (a tie), hdim256 0.9980x [0.9958, 0.9993]: a d64 knob.
+    bitmask_causal_mask: bool = False
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -70,6 +74,7 @@ SPACE: dict[str, tuple] = {
     "rescale_o_before_pv": (False, True),
     "try_wait_first": (False, True),
     "unmask_full_blocks": (False, True),
+    "bitmask_causal_mask": (False, True),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 
@@ -89,6 +94,9 @@ TABLE_ROWS = (
     # 3 stages: H100 2026-11-22, hdim64 suite vs v0043, 0.9997x [0.9993, 1.0002] (a tie, v0045), kept
     # so that the seed's d64 kernel is the measured v0049 (1.0031x v0045, 0.983x FA4).
     (dict(head_dim=64), dict(tile_m=192, num_stages=3, mma_regs=160, producer_regs=32)),
+    # The causal mask as a bitmask (R2P): d64 1.0012x, paper (d128) a tie with causal configs
+    # 1.001-1.008x, hdim256 0.998x (H100 2026-11-23, v0052-v0054).
+    (dict(head_dim=(64, 128)), dict(bitmask_causal_mask=True)),
     # FA4's d256 tile. H200 2026-11-22, MHA 16h s8k: full 677 vs FA4 712 (0.95x), causal 660
     # vs 677 (0.98x); tile_n 64: 680 / 656, the same within noise. O rescaled before the PV issue:
     # H100 2026-11-22, hdim256 suite, judged against v0041 (lineage v0043): 1.0441x [1.0401, 1.0486],
@@ -103,6 +111,13 @@ TABLE_ROWS = (
     (dict(qhead_per_kvhead=(2, 4, 8, 16, 32, 64)), dict(pack_gqa=True)),
     (dict(head_dim=(128, 256), qhead_per_kvhead=128), dict(pack_gqa=True)),
     (dict(head_dim=64, qhead_per_kvhead=(3, 6, 12, 24, 48, 96, 192)), dict(pack_gqa=True)),
+    # From issue 13's GQA transfer (a 30-minute knob run on the gqa suite, H100 2026-11-23,
+    # bench/results/gqa_transfer/): causal GQA unpacked (its v0004, 1.0086x [1.0057, 1.0113]: causal
+    # configs +2-4% but s32k -3%), no ping-pong (its v0007, 1.0055x [1.0026, 1.0083]). Brought back
+    # to the paper suite against v0053 (H100 2026-11-23): no ping-pong for GQA only 1.0080x
+    # [1.0054, 1.0104] (v0055), for all of d128 1.0118x [1.0097, 1.0141] (v0056, 1.015x FA4).
+    (dict(head_dim=128), dict(pingpong=False)),
+    (dict(head_dim=128, causal=True, qhead_per_kvhead=(2, 4, 8, 16, 32, 64, 128)), dict(pack_gqa=False)),
 )
 
 SPEC_FIELDS = tuple(f.name for f in fields(AttentionSpec))  # what a row may match on
