@@ -46,8 +46,11 @@ class Run:
     """One evolution run: its config, its directory, the shared lineage and the loop."""
 
     def __init__(self, config: RunConfig, evaluate_fn=evaluate, progress: Progress | None = None,
-                 resume: bool = False):
+                 resume: bool = False, stop_after_s: float | None = None):
         self.config = config
+        # this session's own time limit (a scheduler's or a device call's): past it nothing new is
+        # proposed and the candidates in flight finish, so none is cut off and recorded `crashed`
+        self.stop_after_s = stop_after_s
         self.dir = Path(config.run_dir)
         self.suite = load_suite(config.suite)
         self.lineage = Lineage.load(config.archive)
@@ -60,7 +63,8 @@ class Run:
         self.gpu_arch = self.backend.gpu_arch() if self.backend else jit.current_arch()
         self.compile_only = self.gpu_arch != config.arch
         self.progress = progress or Progress(self.dir / "events.jsonl", f"avo evolve: {config.name}")
-        self._session_start = time.monotonic()
+        self._session_start = time.monotonic()  # reset by each save_state (elapsed_s accumulates)
+        self._began = self._session_start  # this session's start, for stop_after_s
         (self.dir / "candidates").mkdir(parents=True, exist_ok=True)
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -108,6 +112,9 @@ class Run:
             return f"wall-time budget reached ({budget.wall_hours} h)"
         if state["tokens"] >= budget.tokens:
             return f"token budget reached ({budget.tokens})"
+        if self.stop_after_s is not None and time.monotonic() - self._began >= self.stop_after_s:
+            return (f"this session's time limit reached (--stop-after {self.stop_after_s:g} s); "
+                    f"--resume {self.config.run_dir} goes on")
         return None
 
     def recover_interrupted(self) -> list[str]:
@@ -511,7 +518,15 @@ def main(argv=None, evaluate_fn=evaluate) -> int:
                         help="override a config key, e.g. --set budget.candidates=30")
     parser.add_argument("--operator", choices=["agent", "knobs", "auto"])
     parser.add_argument("--candidates", type=int, help="shorthand for --set budget.candidates=N")
+    parser.add_argument("--stop-after", type=float, metavar="SECONDS",
+                        help="this session proposes nothing new after SECONDS and ends when its candidates "
+                             "in flight are judged (fits a job's time limit; --resume goes on); the run's "
+                             "budget.wall_hours still counts all sessions")
     args = parser.parse_args(argv)
+    if args.stop_after is not None and not args.stop_after > 0:
+        print(f"avo.evolve: --stop-after must be a positive number of seconds, not {args.stop_after}",
+              file=sys.stderr)
+        return 2
     overrides = list(args.set)
     if args.operator:
         overrides.append(f"operator={args.operator}")
@@ -534,7 +549,7 @@ def main(argv=None, evaluate_fn=evaluate) -> int:
             raise ConfigError("give --config FILE for a new run or --resume RUN_DIR")
         Path(config.run_dir).mkdir(parents=True, exist_ok=True)
         save_config(config, Path(config.run_dir) / "config.yaml")
-        run = Run(config, evaluate_fn=evaluate_fn, resume=bool(args.resume))
+        run = Run(config, evaluate_fn=evaluate_fn, resume=bool(args.resume), stop_after_s=args.stop_after)
     except (ConfigError, SuiteError, LineageError, jit.CompileError, ValueError) as exc:
         print(f"avo.evolve: {exc}", file=sys.stderr)
         return 2

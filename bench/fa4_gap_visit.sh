@@ -5,7 +5,7 @@
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh power     # work per clock vs clock, seed/FA4/cuDNN
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh ncu [KERNEL] [CONFIG]  # Nsight Compute, kernel vs FA4
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh knobs [SUITE] [ROUNDS] NAME='{json}' ... [NAME=file.py]
-#   ... ncu-mem | ncu-src | lineage | final [NODE] | eval SUITE INCUMBENT FILE... | gqa-transfer (see each mode)
+#   ... ncu-mem | ncu-src | lineage | final [NODE] | eval SUITE INCUMBENT FILE... | gqa-transfer | gqa-final (see each mode)
 set -uo pipefail
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
 export PATH=$PATH:/usr/local/cuda/bin
@@ -120,12 +120,23 @@ EOF
     fi
     start=(--config configs/evolve_gqa_sm90.yaml --set archive=$run/archive --set run_dir=$run --set budget.wall_hours=0.5)
     [ -f "$run/state.json" ] && start=(--resume $run)  # the run's elapsed time carries over
-    timeout 560 python3 -m avo.evolve "${start[@]}" --operator knobs 2>&1 | grep -v Warning \
+    # --stop-after: no new candidate in the last 100 s of the call (a judge takes 20-80 s), so the
+    # call's limit cuts none off (the first calls of 2026-11-23 lost 10 of 76 that way); timeout is the backstop
+    call=${CALL_SECONDS:-560}
+    timeout "$call" python3 -m avo.evolve "${start[@]}" --operator knobs --stop-after $((call - 100)) 2>&1 | grep -v Warning \
       | tail -25 | tee -a "$out/gqa_transfer.txt"
     mkdir -p "$out/gqa_archive"; cp $run/archive/lineage.json "$out/gqa_archive/"
     tar -C $run/archive -czf "$out/gqa_archive/sources.tgz" sources 2>/dev/null
     python3 -m avo.lineage --archive $run/archive show 2>&1 | tail -15 | tee -a "$out/gqa_transfer.txt"
     tar -C $run -czf "$out/gqa_transfer_run.tgz" --exclude='./cache*' . ;;
+  gqa-final)  # the GQA transfer's best against its start (the template it began from) and FA4/cuDNN, same run
+    run=/tmp/gqa_transfer
+    if [ ! -d "$run/archive" ] && [ -f bench/results/gqa_transfer/run.tgz ]; then
+      mkdir -p "$run" && tar -C "$run" -xzf bench/results/gqa_transfer/run.tgz
+    fi
+    timeout 500 python3 -m avo.bench --kernel best --compare v0000 --archive $run/archive --suite gqa \
+      --baselines fa4,cudnn --rounds "${ROUNDS:-16}" --out "$out/bench_gqa_transfer.json" 2>&1 | grep -v Warning \
+      | tail -24 | tee "$out/gqa_final.txt" ;;
   knobs)
     suite=${2:-paper}; rounds=${3:-16}; shift 3 || shift $#
     args=()

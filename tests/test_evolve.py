@@ -131,3 +131,24 @@ def test_knob_proposals_stream_with_lookahead_candidates_per_gpu(tmp_path, monke
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     recorded = [e for e in events if e["event"] == "candidate"]
     assert len(recorded) == 9 and events[-1]["event"] == "stop" and "candidate budget" in events[-1]["reason"]
+
+
+def test_stop_after_ends_the_session_with_nothing_cut_off_and_resume_goes_on(tmp_path, monkeypatch, capsys):
+    """--stop-after: past it nothing new is proposed and what is in flight is judged, so a job's time
+    limit cuts no candidate (none `crashed`); --resume then spends the rest of the budget."""
+    from avo import jit
+    from tests.evolve_fake import fake_evaluate
+
+    monkeypatch.setattr(jit, "current_arch", lambda: "sm_90a")
+    monkeypatch.setenv("AVO_FAKE_EVAL_SECONDS", "0.3")
+    assert main(_args(tmp_path, "--candidates", "9", "--stop-after", "0.5"), evaluate_fn=fake_evaluate) == 0
+    first = Lineage.load(tmp_path / "archive")
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert "--stop-after 0.5 s" in state["stop_reason"] and "--resume" in state["stop_reason"]
+    assert 1 <= len(first) < 9 and not first.nodes("pending") and not first.nodes("crashed")
+    assert main(["--resume", str(tmp_path / "run")], evaluate_fn=fake_evaluate) == 0
+    final = Lineage.load(tmp_path / "archive")
+    assert len(final) == 9 and not final.nodes("crashed")
+    assert "candidate budget" in json.loads((tmp_path / "run" / "state.json").read_text())["stop_reason"]
+    assert main(_args(tmp_path, "--stop-after", "0")) == 2
+    assert "--stop-after must be a positive number" in capsys.readouterr().err
