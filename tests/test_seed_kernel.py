@@ -115,6 +115,13 @@ def test_compiles_without_overlap_with_smem_p():
     assert callable(compiled(spec, knobs))
 
 
+@pytest.mark.parametrize("spec", [AttentionSpec("bf16", 128, True, 8), AttentionSpec("fp16", 128, False, 1)],
+                         ids=lambda s: s.key())
+def test_compiles_with_several_tiles_per_cta(spec):
+    knobs = default_knobs(spec).replace(tiles_per_cta=4, pingpong=False)
+    assert callable(compiled(spec, knobs))
+
+
 def test_defaults_are_implementable_and_in_space():
     for hd in (64, 128, 256):
         for causal in (False, True):
@@ -139,6 +146,7 @@ def test_defaults_are_implementable_and_in_space():
         (AttentionSpec("bf16", 256), dict(tile_n=176), "accumulators"),
         (AttentionSpec("bf16", 128, False, 3), dict(pack_gqa=True), "pack_gqa"),
         (AttentionSpec("bf16", 96), dict(), "head_dim"),
+        (AttentionSpec("bf16", 128), dict(tiles_per_cta=2, pingpong=True), "tiles_per_cta > 1 needs pingpong off"),
     ],
 )
 def test_can_implement_rejects_with_reason(spec, change, words):
@@ -241,6 +249,22 @@ VARIANTS = {
     "m64": dict(tile_m=64, pingpong=False, mma_regs=256, producer_regs=56),
     "n112_3stages": dict(tile_n=112, num_stages=3),
 }
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("tiles", [2, 4])
+@pytest.mark.parametrize("spec", [AttentionSpec("bf16", 128, c, g) for c in (False, True) for g in (1, 4)],
+                         ids=lambda s: s.key())
+def test_several_tiles_per_cta_match_reference(spec, tiles):
+    """A CTA computing tiles one after the other, the pipelines going on between them: every shape,
+    and tile counts that tiles does not divide (3 heads x 33 m blocks; 129 packed m blocks), so that
+    the last CTA takes fewer tiles, on both grid orders (non-causal 3-D, causal head-grouped)."""
+    fn = compiled(spec, default_knobs(spec).replace(tiles_per_cta=tiles, pingpong=False))
+    heads = [(3, 3)] if spec.qhead_per_kvhead == 1 else [(4, 1), (8, 2)]
+    for hq, hkv in heads:
+        for b, sq, sk in SHAPES:
+            check(fn, spec, b, sq, sk, hq, hkv)
 
 
 @pytest.mark.gpu

@@ -51,6 +51,11 @@ class Knobs:
     # column. H100 2026-11-23, judged against the seed of the time: hdim64 1.0012x [1.0007, 1.0020]
     # (v0052), paper 0.9991x [0.9971, 1.0014] (a tie), hdim256 0.9980x [0.9958, 0.9993]: a d64 knob.
     bitmask_causal_mask: bool = False
+    # Tiles one CTA computes one after the other (1: one tile per CTA, FA4's launch). More: the grid
+    # shrinks by that factor, and each CTA's pipelines run on from tile to tile, so the next tile's
+    # first K block loads during this tile's last PV GEMM and epilogue, and no launch or setup sits
+    # between tiles. Needs pingpong off. Not yet measured.
+    tiles_per_cta: int = 1
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -75,6 +80,7 @@ SPACE: dict[str, tuple] = {
     "try_wait_first": (False, True),
     "unmask_full_blocks": (False, True),
     "bitmask_causal_mask": (False, True),
+    "tiles_per_cta": (1, 2, 4),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 
