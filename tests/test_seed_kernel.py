@@ -118,8 +118,20 @@ def test_compiles_without_overlap_with_smem_p():
 @pytest.mark.parametrize("spec", [AttentionSpec("bf16", 128, True, 8), AttentionSpec("fp16", 128, False, 1)],
                          ids=lambda s: s.key())
 def test_compiles_with_several_tiles_per_cta(spec):
-    knobs = default_knobs(spec).replace(tiles_per_cta=4, pingpong=False)
-    assert callable(compiled(spec, knobs))
+    for own_o in (False, True):
+        knobs = default_knobs(spec).replace(tiles_per_cta=4, pingpong=False, separate_o_buffer=own_o)
+        assert callable(compiled(spec, knobs))
+
+
+def test_an_own_o_buffer_needs_its_shared_memory():
+    spec = AttentionSpec("bf16", 256)
+    knobs = default_knobs(spec).replace(separate_o_buffer=True)
+    ok, reason = load_module(knobs).KERNEL.can_implement(spec)
+    assert not ok and "shared memory" in reason  # d256: Q, 2 stages of K/V at tile_n 80, and O: 290 KB
+    spec = AttentionSpec("bf16", 128)
+    base = load_module(default_knobs(spec)).KERNEL.smem_bytes(spec)
+    own = load_module(default_knobs(spec).replace(separate_o_buffer=True)).KERNEL.smem_bytes(spec)
+    assert own - base == 128 * 128 * 2
 
 
 def test_defaults_are_implementable_and_in_space():
@@ -253,14 +265,16 @@ VARIANTS = {
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("tiles", [2, 4])
+@pytest.mark.parametrize("tiles, own_o", [(2, False), (4, False), (2, True), (4, True)])
 @pytest.mark.parametrize("spec", [AttentionSpec("bf16", 128, c, g) for c in (False, True) for g in (1, 4)],
                          ids=lambda s: s.key())
-def test_several_tiles_per_cta_match_reference(spec, tiles):
+def test_several_tiles_per_cta_match_reference(spec, tiles, own_o):
     """A CTA computing tiles one after the other, the pipelines going on between them: every shape,
     and tile counts that tiles does not divide (3 heads x 33 m blocks; 129 packed m blocks), so that
-    the last CTA takes fewer tiles, on both grid orders (non-causal 3-D, causal head-grouped)."""
-    fn = compiled(spec, default_knobs(spec).replace(tiles_per_cta=tiles, pingpong=False))
+    the last CTA takes fewer tiles, on both grid orders (non-causal 3-D, causal head-grouped); Q's
+    buffer released after the epilogue's store (O staged there) or after the last QK^T (own_o)."""
+    knobs = default_knobs(spec).replace(tiles_per_cta=tiles, pingpong=False, separate_o_buffer=own_o)
+    fn = compiled(spec, knobs)
     heads = [(3, 3)] if spec.qhead_per_kvhead == 1 else [(4, 1), (8, 2)]
     for hq, hkv in heads:
         for b, sq, sk in SHAPES:

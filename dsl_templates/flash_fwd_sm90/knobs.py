@@ -56,6 +56,10 @@ class Knobs:
     # first K block loads during this tile's last PV GEMM and epilogue, and no launch or setup sits
     # between tiles. Needs pingpong off. Not yet measured.
     tiles_per_cta: int = 1
+    # O staged in a shared buffer of its own instead of Q's: with tiles_per_cta > 1 the next tile's
+    # Q then loads during this tile's last PV GEMM and epilogue (Q's buffer is free after the last
+    # QK^T GEMM). One more tile_m x head_dim buffer (fits at d64 and d128). Not yet measured.
+    separate_o_buffer: bool = False
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -81,6 +85,7 @@ SPACE: dict[str, tuple] = {
     "unmask_full_blocks": (False, True),
     "bitmask_causal_mask": (False, True),
     "tiles_per_cta": (1, 2, 4),
+    "separate_o_buffer": (False, True),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 

@@ -41,6 +41,7 @@ KNOBS = dict(
     unmask_full_blocks=True,
     bitmask_causal_mask=False,
     tiles_per_cta=1,
+    separate_o_buffer=False,
 )
 KNOBS_BY_SPEC = [
     (dict(head_dim=64), dict(tile_m=192, num_stages=3, mma_regs=160, producer_regs=32)),
@@ -168,6 +169,7 @@ class FlashAttentionForwardSm90:
         self.unmask_full_blocks = knobs["unmask_full_blocks"]
         self.bitmask_causal_mask = knobs["bitmask_causal_mask"]
         self.tiles_per_cta = knobs["tiles_per_cta"]
+        self.separate_o_buffer = knobs["separate_o_buffer"]
         self.pack_gqa = knobs["pack_gqa"] and spec.qhead_per_kvhead > 1
         self.num_mma_wg = self.tile_m // 64
         self.num_mma_threads = 128 * self.num_mma_wg
@@ -189,7 +191,8 @@ class FlashAttentionForwardSm90:
         kv = 2 * align(k["tile_n"] * spec.head_dim * e * k["num_stages"])
         # With P in registers sP is an 8-element stand-in, still aligned to 1 KB.
         p = 1024 if k["mma_pv_is_rs"] else align(k["tile_m"] * k["tile_n"] * e)
-        return 1024 + q + kv + p
+        o = q if k["separate_o_buffer"] else 0
+        return 1024 + q + kv + p + o
 
     @staticmethod
     def can_implement(spec) -> tuple[bool, str]:
@@ -251,6 +254,27 @@ class FlashAttentionForwardSm90:
         if stages is None:
             return cute.tile_to_shape(atom, (rows, cols), (0, 1))
         return cute.tile_to_shape(atom, (rows, cols, stages), (0, 1, 2))
+
+    def _shared_storage(self, sQ_layout, sK_layout, sV_layout, sP_cosize: int):
+        """The shared memory struct: barriers, then Q, K, V, P (a stand-in with P in registers),
+        and O's staging buffer where separate_o_buffer (else O is staged in Q's buffer)."""
+        def tile(cosize):
+            return cute.struct.Align[cute.struct.MemRange[self.dtype, cosize], 1024]
+
+        stages, separate_o = self.num_stages, self.separate_o_buffer
+
+        class SharedStorage:  # plain Python here (not traced): the `if` picks the fields
+            mbar_q: cute.struct.MemRange[Int64, 2]
+            mbar_k: cute.struct.MemRange[Int64, 2 * stages]
+            mbar_v: cute.struct.MemRange[Int64, 2 * stages]
+            sQ: tile(cute.cosize(sQ_layout))
+            sK: tile(cute.cosize(sK_layout))
+            sV: tile(cute.cosize(sV_layout))
+            sP: tile(sP_cosize)
+            if separate_o:
+                sO: tile(cute.cosize(sQ_layout))
+
+        return cute.struct(SharedStorage)
 
     @staticmethod
     def _permute(t: cute.Tensor, modes) -> cute.Tensor:
@@ -320,15 +344,7 @@ class FlashAttentionForwardSm90:
             sP_layout = self._smem_layout(self.tile_m, self.tile_n)
         sP_cosize = cute.cosize(sP_layout) if const_expr(not self.mma_pv_is_rs) else 8
 
-        @cute.struct
-        class SharedStorage:
-            mbar_q: cute.struct.MemRange[Int64, 2]
-            mbar_k: cute.struct.MemRange[Int64, 2 * self.num_stages]
-            mbar_v: cute.struct.MemRange[Int64, 2 * self.num_stages]
-            sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
-            sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
-            sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sV_layout)], 1024]
-            sP: cute.struct.Align[cute.struct.MemRange[self.dtype, sP_cosize], 1024]
+        SharedStorage = self._shared_storage(sQ_layout, sK_layout, sV_layout, sP_cosize)
 
         load_op = cpasync.CopyBulkTensorTileG2SOp()
         store_op = cpasync.CopyBulkTensorTileS2GOp()
@@ -428,10 +444,12 @@ class FlashAttentionForwardSm90:
         mma_warps = pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_mma_threads // 32)
         bytes_q = cute.size_in_bytes(self.dtype, sQ_layout)
         bytes_kv = cute.size_in_bytes(self.dtype, cute.select(sK_layout, mode=[0, 1]))
-        # With several tiles per CTA, Q's buffer (also O's staging buffer) is released once per
-        # tile, by the warp that waits for O's TMA store to have read it.
-        q_readers = mma_warps if const_expr(self.tiles_per_cta == 1) else \
-            pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
+        # With several tiles per CTA, Q's buffer is released once per tile: by every MMA warp after
+        # its last QK^T GEMM where O has a buffer of its own, else (O staged in Q's buffer) by the
+        # warp that waits for O's TMA store to have read it.
+        q_readers = mma_warps
+        if const_expr(self.tiles_per_cta > 1 and not self.separate_o_buffer):
+            q_readers = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
         pipe_q = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.mbar_q.data_ptr(),
             num_stages=1,
@@ -465,6 +483,9 @@ class FlashAttentionForwardSm90:
         sP = None
         if const_expr(not self.mma_pv_is_rs):
             sP = storage.sP.get_tensor(sP_layout.outer, swizzle=sP_layout.inner)
+        sO = sQ
+        if const_expr(self.separate_o_buffer):
+            sO = storage.sO.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
 
         seqlen_q = mLSE.shape[2]
         seqlen_k = mK.shape[0]
@@ -483,7 +504,7 @@ class FlashAttentionForwardSm90:
                 cute.arch.setmaxregister_increase(self.mma_regs)
                 tidx = cute.arch.thread_idx()[0] - 128
                 self.consumer(
-                    mO, mLSE, sQ, sK, sV, sP, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
+                    mO, mLSE, sQ, sK, sV, sP, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
                     pipe_q, pipe_k, pipe_v, tidx, scale_log2, m_block, head_idx, batch_idx,
                     seqlen_q, seqlen_k, n_block_min, n_block_max,
                 )
@@ -516,7 +537,7 @@ class FlashAttentionForwardSm90:
                     m_block, head_idx, batch_idx = self.tile_coords(num_m_blocks, heads_grid, num_hb, seqlen_k, i)
                     n_block_min, n_block_max = self.n_block_range(m_block, seqlen_q, seqlen_k)
                     state, q_state = self.consumer(
-                        mO, mLSE, sQ, sK, sV, sP, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
+                        mO, mLSE, sQ, sK, sV, sP, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
                         pipe_q, pipe_k, pipe_v, tidx, scale_log2, m_block, head_idx, batch_idx,
                         seqlen_q, seqlen_k, n_block_min, n_block_max, state, q_state,
                     )
@@ -666,7 +687,7 @@ class FlashAttentionForwardSm90:
     # -----------------------------------------------------------------------------------------
     @cute.jit
     def consumer(
-        self, mO, mLSE, sQ, sK, sV, sP, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
+        self, mO, mLSE, sQ, sK, sV, sP, sO, tma_atom_O, tiled_mma_qk, tiled_mma_pv,
         pipe_q, pipe_k, pipe_v, tidx, scale_log2, m_block, head_idx, batch_idx,
         seqlen_q, seqlen_k, n_block_min, n_block_max, state=None, q_state=None,
     ):
@@ -746,6 +767,7 @@ class FlashAttentionForwardSm90:
             for i in cutlass.range(n_block_causal - n_block_min, unroll=1):
                 state = self.block_overlap(mma, stats, mask_args, pipe_k, pipe_v, state,
                                            n_block_causal - 1 - i, wg_idx, False)
+            q_state = self.release_q_early(pipe_q, q_state)
             # PV of the last block
             if const_expr(self.rescale_o_before_pv):
                 self.rescale_O(acc_O, scores_scale)
@@ -764,16 +786,26 @@ class FlashAttentionForwardSm90:
                 state = self.block(mma, stats, mask_args, pipe_k, pipe_v, state,
                                    n_block_causal - 1 - i, wg_idx, False, False)
             self.sched_arrive(wg_idx)
+            q_state = self.release_q_early(pipe_q, q_state)
 
-        self.epilogue(acc_O, row_max, row_sum, scale_log2, mO, mLSE, sQ, tma_atom_O, tiled_mma_pv,
+        self.epilogue(acc_O, row_max, row_sum, scale_log2, mO, mLSE, sO, tma_atom_O, tiled_mma_pv,
                       tidx, m_block, head_idx, batch_idx, seqlen_q)
-        if const_expr(self.tiles_per_cta > 1):
+        if const_expr(self.tiles_per_cta > 1 and not self.separate_o_buffer):
             # the epilogue's storing warp has waited for O's TMA store to read sQ: the producer may
             # load the next tile's Q there
             if cute.arch.make_warp_uniform(cute.arch.warp_idx()) == 4:
                 pipe_q.consumer_release(q_state)
             q_state.advance()
         return state, q_state
+
+    @cute.jit
+    def release_q_early(self, pipe_q, q_state):
+        """With several tiles per CTA and O's own buffer: this warp's QK^T GEMMs of the tile are
+        done, so the producer may load the next tile's Q during the last PV GEMM and the epilogue."""
+        if const_expr(self.tiles_per_cta > 1 and self.separate_o_buffer):
+            pipe_q.consumer_release(q_state)
+            q_state.advance()
+        return q_state
 
     @cute.jit
     def wait(self, pipe, state):
@@ -1001,7 +1033,7 @@ class FlashAttentionForwardSm90:
         return state
 
     @cute.jit
-    def epilogue(self, acc_O, row_max, row_sum, scale_log2, mO, mLSE, sQ, tma_atom_O, tiled_mma_pv,
+    def epilogue(self, acc_O, row_max, row_sum, scale_log2, mO, mLSE, sO, tma_atom_O, tiled_mma_pv,
                  tidx, m_block, head_idx, batch_idx, seqlen_q):
         # Finish the row statistics: sum over the 4 threads sharing a row, then 1/sum and LSE.
         lse = cute.make_rmem_tensor(cute.size(row_sum), Float32)
@@ -1019,11 +1051,12 @@ class FlashAttentionForwardSm90:
             )
         self.rescale_O(acc_O, row_scale)
 
-        # O: registers -> smem (stmatrix, into the Q buffer) -> global (TMA; clips ragged rows).
-        sO = sQ
+        # O: registers -> smem (stmatrix, into Q's buffer unless separate_o_buffer) -> global (TMA;
+        # clips ragged rows).
         rO = cute.make_rmem_tensor_like(acc_O, self.dtype)
         to_half(acc_O, rO)
-        # Every warp group has finished its QK^T reads of sQ before anyone overwrites it.
+        # Every warp group has finished its QK^T reads of sQ before anyone overwrites it (O staged
+        # in Q's buffer), and O's TMA store of the previous tile has read sO (several tiles per CTA).
         cute.arch.barrier(barrier_id=BAR_EPILOGUE, number_of_threads=self.num_mma_threads)
         copy_O = cute.make_tiled_copy_C(
             cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype),
