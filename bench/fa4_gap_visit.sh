@@ -5,7 +5,7 @@
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh power     # work per clock vs clock, seed/FA4/cuDNN
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh ncu [KERNEL] [CONFIG]  # Nsight Compute, kernel vs FA4
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh knobs [SUITE] [ROUNDS] NAME='{json}' ... [NAME=file.py]
-#   ... ncu-mem | ncu-src | lineage | final [NODE] | eval SUITE INCUMBENT FILE... | gqa-transfer | gqa-final (see each mode)
+#   ... ncu-mem | ncu-src | lineage | final [NODE] | eval SUITE INCUMBENT FILE... | run NAME SUITE HOURS | run-final NAME SUITE (see each mode)
 set -uo pipefail
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
 export PATH=$PATH:/usr/local/cuda/bin
@@ -109,34 +109,36 @@ EOF
         --json "$out/eval_$(basename "$f" .py)_$suite.json" 2>&1 | grep -v Warning | grep -E "verdict|speed vs|  [a-z0-9_]+ +[0-9]" \
         | tee -a "$out/eval.txt"
     done ;;
-  gqa-transfer)  # issue 13's GQA transfer: a knob run on the gqa suite from the template (which carries
-    # the committed d128 edits), 30 minutes of wall time in all, in calls of < 10 min: repeat this mode
-    # (it resumes). Each call leaves the whole run (archive, state, events; no kernel cache) in
-    # $OUT/gqa_transfer_run.tgz: copy it to bench/results/gqa_transfer/run.tgz here and the next call,
-    # on this machine or a fresh one, in this session or a later one, goes on from it.
-    run=/tmp/gqa_transfer
-    if [ ! -f "$run/state.json" ] && [ -f bench/results/gqa_transfer/run.tgz ]; then
-      mkdir -p "$run" && tar -C "$run" -xzf bench/results/gqa_transfer/run.tgz
+  run|gqa-transfer)  # a resumable knob run, in calls of < 10 min: `run NAME SUITE HOURS` (gqa-transfer =
+    # `run gqa_transfer gqa 0.5`, issue 13's GQA transfer). Repeat the mode: it resumes. Each call
+    # leaves the whole run (archive, state, events; no kernel cache) in $OUT/NAME_run.tgz: copy it to
+    # bench/results/NAME/run.tgz here and the next call, on this machine or a fresh one, in this
+    # session or a later one, goes on from it. Starts from the template (every committed edit).
+    if [ "$1" = gqa-transfer ]; then name=gqa_transfer; suite=gqa; hours=0.5; else name=$2; suite=$3; hours=$4; fi
+    run=/tmp/$name
+    if [ ! -f "$run/state.json" ] && [ -f bench/results/$name/run.tgz ]; then
+      mkdir -p "$run" && tar -C "$run" -xzf bench/results/$name/run.tgz
     fi
-    start=(--config configs/evolve_gqa_sm90.yaml --set archive=$run/archive --set run_dir=$run --set budget.wall_hours=0.5)
+    start=(--config configs/evolve_gqa_sm90.yaml --set suite=$suite --set name=$name --set archive=$run/archive
+           --set run_dir=$run --set budget.wall_hours=$hours)
     [ -f "$run/state.json" ] && start=(--resume $run)  # the run's elapsed time carries over
     # --stop-after: no new candidate in the last 100 s of the call (a judge takes 20-80 s), so the
     # call's limit cuts none off (the first calls of 2026-11-23 lost 10 of 76 that way); timeout is the backstop
     call=${CALL_SECONDS:-560}
     timeout "$call" python3 -m avo.evolve "${start[@]}" --operator knobs --stop-after $((call - 100)) 2>&1 | grep -v Warning \
-      | tail -25 | tee -a "$out/gqa_transfer.txt"
-    mkdir -p "$out/gqa_archive"; cp $run/archive/lineage.json "$out/gqa_archive/"
-    tar -C $run/archive -czf "$out/gqa_archive/sources.tgz" sources 2>/dev/null
-    python3 -m avo.lineage --archive $run/archive show 2>&1 | tail -15 | tee -a "$out/gqa_transfer.txt"
-    tar -C $run -czf "$out/gqa_transfer_run.tgz" --exclude='./cache*' . ;;
-  gqa-final)  # the GQA transfer's best against its start (the template it began from) and FA4/cuDNN, same run
-    run=/tmp/gqa_transfer
-    if [ ! -d "$run/archive" ] && [ -f bench/results/gqa_transfer/run.tgz ]; then
-      mkdir -p "$run" && tar -C "$run" -xzf bench/results/gqa_transfer/run.tgz
+      | tail -25 | tee -a "$out/$name.txt"
+    python3 -m avo.lineage --archive $run/archive show 2>&1 | tail -15 | tee -a "$out/$name.txt"
+    tar -C $run -czf "$out/${name}_run.tgz" --exclude='./cache*' . ;;
+  run-final|gqa-final)  # a run's best against its start (the template it began from) and FA4/cuDNN, same
+    # run: `run-final NAME SUITE` (gqa-final = `run-final gqa_transfer gqa`)
+    if [ "$1" = gqa-final ]; then name=gqa_transfer; suite=gqa; else name=$2; suite=$3; fi
+    run=/tmp/$name
+    if [ ! -d "$run/archive" ] && [ -f bench/results/$name/run.tgz ]; then
+      mkdir -p "$run" && tar -C "$run" -xzf bench/results/$name/run.tgz
     fi
-    timeout 500 python3 -m avo.bench --kernel best --compare v0000 --archive $run/archive --suite gqa \
-      --baselines fa4,cudnn --rounds "${ROUNDS:-16}" --out "$out/bench_gqa_transfer.json" 2>&1 | grep -v Warning \
-      | tail -24 | tee "$out/gqa_final.txt" ;;
+    timeout 500 python3 -m avo.bench --kernel best --compare v0000 --archive $run/archive --suite $suite \
+      --baselines fa4,cudnn --rounds "${ROUNDS:-16}" --out "$out/bench_$name.json" 2>&1 | grep -v Warning \
+      | tail -24 | tee "$out/${name}_final.txt" ;;
   knobs)
     suite=${2:-paper}; rounds=${3:-16}; shift 3 || shift $#
     args=()
