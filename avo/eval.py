@@ -242,11 +242,15 @@ def format_verdict(verdict) -> str:
                          f"{r.get('threads_per_block')} threads, {mma}, {problems}, {r.get('compile_seconds')} s")
     if verdict.scores:
         names = ["candidate"] + (["incumbent"] if verdict.incumbent_scores else []) + list(verdict.baselines)
-        lines.append("  " + f"{'config':34s}" + "".join(f"{n:>11s}" for n in names) + "   (TFLOPS)")
+        paired = verdict.estimate.get("per_config", {}) if verdict.estimate else {}
+        lines.append("  " + f"{'config':34s}" + "".join(f"{n:>11s}" for n in names) + "   (TFLOPS)"
+                     + ("   paired vs incumbent [95% CI]" if paired else ""))
         for config, value in verdict.scores.items():
             row = [value, verdict.incumbent_scores.get(config)] if verdict.incumbent_scores else [value]
             row += [verdict.baselines[b].get(config) for b in verdict.baselines]
-            lines.append("  " + f"{config:34s}" + "".join(f"{x:11.1f}" if x else f"{'-':>11s}" for x in row))
+            p = paired.get(config)
+            lines.append("  " + f"{config:34s}" + "".join(f"{x:11.1f}" if x else f"{'-':>11s}" for x in row)
+                         + (f"   {p['ratio']:.4f} [{p['lo']:.4f}, {p['hi']:.4f}]" if p else ""))
     if verdict.ratio is not None:
         lo, hi = verdict.ratio_ci
         lines.append(f"  speed vs incumbent (paired): {verdict.ratio:.4f}x [{lo:.4f}, {hi:.4f}] 95% CI, "

@@ -86,6 +86,8 @@ class Verdict:
                           incumbent_scores=self.incumbent_scores,
                           compile_reports=self.compile_reports, pairs=self.estimate.get("pairs"),
                           excluded=self.estimate.get("excluded"), vs_baselines=self.vs_baselines,
+                          # the paired ratio of each config: a commit's geomean can hide one config's loss
+                          per_config=self.estimate.get("per_config"),
                           measurement=self.measurement, sanitizer=self.sanitizer,
                           random_shapes=self.random_shapes)
 

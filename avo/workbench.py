@@ -145,10 +145,14 @@ class HarnessWorkbench:
         verdict = self._evaluate(path, suite=suite, stage="benchmark", incumbent=self.incumbent_source(),
                                  baselines=tuple(self.run.config.evaluation.baselines), commit_bar=bar)
         per_config = {}
+        paired = (getattr(verdict, "estimate", None) or {}).get("per_config", {})
         for name, tflops in verdict.scores.items():
             row = {"tflops": round(tflops, 1)}
             if name in verdict.incumbent_scores:
                 row["incumbent"] = round(verdict.incumbent_scores[name], 1)
+            if name in paired:  # the paired speed ratio to the incumbent on this config, with its 95% CI
+                row["vs_incumbent"] = round(paired[name]["ratio"], 4)
+                row["vs_incumbent_ci"] = [round(paired[name]["lo"], 4), round(paired[name]["hi"], 4)]
             for base, scores in (verdict.baselines or {}).items():
                 if scores.get(name):
                     row[base] = round(scores[name], 1)

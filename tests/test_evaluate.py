@@ -183,3 +183,22 @@ def test_the_commit_bar_reaches_the_judges_sampling_and_the_decision(fake_gpu):
     assert "lower bound below the commit bar 0.9990" in raised.diagnosis
     with pytest.raises(ValueError, match="below 1 - COMMIT_TOLERANCE"):
         evaluate(seed, suite="tiny", incumbent=seed, commit_bar=0.99)
+
+
+def test_the_paired_ratio_of_each_config_reaches_the_node_and_the_eval_table():
+    """A commit's geomean can hide one config's loss (issue 13's GQA transfer committed a tie 5% slower
+    on one config): each config's paired ratio and interval go on the node and into avo.eval's table."""
+    from avo.eval import format_verdict
+    from avo.lineage import Candidate
+
+    verdict = _measured(0.997, 1.003, ratio=1.0)
+    verdict.estimate["per_config"] = {"a": {"ratio": 1.02, "lo": 1.01, "hi": 1.03, "pairs": 16, "excluded": 0},
+                                      "b": {"ratio": 0.95, "lo": 0.94, "hi": 0.96, "pairs": 16, "excluded": 1}}
+    apply_commit_rule(verdict)
+    node = Candidate(id="v0001")
+    verdict.apply_to(node)
+    assert node.extra["per_config"]["b"] == {"ratio": 0.95, "lo": 0.94, "hi": 0.96, "pairs": 16, "excluded": 1}
+    lines = format_verdict(verdict).splitlines()
+    row_b = next(line for line in lines if line.strip().startswith("b "))
+    assert "paired vs incumbent [95% CI]" in next(line for line in lines if "(TFLOPS)" in line)
+    assert row_b.endswith("0.9500 [0.9400, 0.9600]") and "400.0" in row_b

@@ -199,6 +199,17 @@ def test_benchmark_on_a_subset_reports_fa4_and_cudnn_per_config(tmp_path):
     assert 40 < seen["timeout_s"] <= 42  # the step's deadline bounds the evaluation
     row = out["configs"]["mha4x4_s512_full"]
     assert (row["fa4"], row["vs_fa4"], row["cudnn"], row["vs_cudnn"], row["incumbent"]) == (20.0, 0.5, 8.0, 1.25, 11.0)
+    assert "vs_incumbent" not in row  # no paired estimate in this verdict: nothing made up
+
+    def paired(path, **kwargs):  # the same, with the judge's paired estimate per config
+        v = evaluate(path, **kwargs)
+        v.estimate = {"per_config": {"mha4x4_s512_full": {"ratio": 0.90912, "lo": 0.9012, "hi": 0.91777}}}
+        return v
+
+    run.evaluate_fn = paired
+    row = HarnessWorkbench(run, None, deadline=time.monotonic() + 42).benchmark(
+        tmp_path / "c.py", configs=["mha4x4_s512_full"])["configs"]["mha4x4_s512_full"]
+    assert (row["vs_incumbent"], row["vs_incumbent_ci"]) == (0.9091, [0.9012, 0.9178])
 
 
 # -- the time bound and secrets ----------------------------------------------------------------
