@@ -826,7 +826,8 @@ REGISTRY: dict[str, Tool] = {t.name: t for t in [
     _tool("test", "The harness's correctness check of the candidate, on the whole suite or on `configs`.",
           t_test, {"configs": _CONFIGS}),
     _tool("benchmark", "Time the candidate against the incumbent, with FA4 and cuDNN per config in the same run, "
-          "on the whole suite or on `configs`.", t_benchmark, {"configs": _CONFIGS}),
+          "on the whole suite or on `configs`; per config the paired speed ratio to the incumbent and its 95% "
+          "CI (vs_incumbent), which shows a loss the suite's geomean hides.", t_benchmark, {"configs": _CONFIGS}),
     _tool("profile", "Nsight Compute on one config of the candidate and the incumbent: tensor-pipe and MUFU "
           "utilisation, stall reasons, shared memory and L2 throughput, occupancy (raw reports kept in the run).",
           t_profile, {"config": _CONFIG, "incumbent": _B}),
