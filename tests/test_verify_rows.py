@@ -42,16 +42,16 @@ def _attention_of(sq: int, causal: bool):
 
 
 def test_the_scattered_rows_pass_a_right_output_and_name_the_row_of_a_wrong_tile():
-    from avo.verify import check_scattered_rows
+    from avo.verify import check_rows
 
     sq = 4096
     q, k, v, out, lse = _attention_of(sq, causal=True)
-    diagnosis, err, bound = check_scattered_rows(out, lse, q, k, v, True, 0.125, seed=5)
+    diagnosis, err, bound = check_rows(out, lse, q, k, v, True, 0.125, scattered_rows(sq, 5))
     assert diagnosis == "" and 0 < err <= bound
     wrong = out.clone()
     wrong[:, 1920:2048] = 0  # one 128-row tile of zeros, right elsewhere (the zoo's skipped tile)
     hits = scattered_rows(sq, 5)
     assert ((hits >= 1920) & (hits < 2048)).any()  # 512 of 4096 rows: this seed lands there
-    diagnosis, err, bound = check_scattered_rows(wrong, lse, q, k, v, True, 0.125, seed=5)
+    diagnosis, err, bound = check_rows(wrong, lse, q, k, v, True, 0.125, scattered_rows(sq, 5))
     row = int(diagnosis.rsplit("query row ", 1)[1].split(" of ")[0])
     assert "output error" in diagnosis and err > bound and 1920 <= row < 2048 and diagnosis.endswith(f"of {sq}")
