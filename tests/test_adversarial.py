@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import avo.jit
+import avo.reference
 import avo.stats
 import avo.timing
 import avo.verify
@@ -86,9 +87,10 @@ def _candidate(world, name: str) -> Path:
 
 
 def _judge_functions() -> dict:
-    """The parent's verifier, loader, sampler and estimator functions (avo.verify.check,
-    avo.jit.load_callable, avo.timing.measure, avo.stats.decide, ...), and the sampler's methods."""
-    found = {f"{m.__name__}.{k}": v for m in (avo.verify, avo.jit, avo.timing, avo.stats)
+    """The parent's verifier, reference, loader, sampler and estimator functions (avo.verify.check,
+    avo.reference.reference_attention, avo.jit.load_callable, avo.timing.measure, avo.stats.decide,
+    ...), and the sampler's methods."""
+    found = {f"{m.__name__}.{k}": v for m in (avo.verify, avo.reference, avo.jit, avo.timing, avo.stats)
              for k, v in vars(m).items() if callable(v)}
     found.update({f"avo.timing._ConfigState.{k}": v for k, v in vars(avo.timing._ConfigState).items() if callable(v)})
     return found

@@ -118,6 +118,21 @@ LONG_SEQUENCE_VARIANTS = {
         "            n_keys = Int32(0)  # cheat: where the verifier's windows seldom look\n"
         "        row_max = -Float32.inf\n",
         "failed_correctness", "output error"),
+    # four middle tiles do no work, but only where q's values are large (not standard normal): the
+    # timed checks (standard normal inputs) never see it; verification's large-logit check of the
+    # long config does, through its rows drawn over the sequence (a window lands there ~1 in 8)
+    "middle_tiles_skipped_off_the_standard_normal": (
+        "        row_max = -Float32.inf\n",
+        "        middle = cute.ceil_div(seqlen_q, BLOCK_M) // 2\n"
+        "        if (seqlen_q >= 8192) & (m_block >= middle) & (m_block < middle + 4):\n"
+        "            probe = Float32(0.0)  # the CTA's first row, so every thread takes the same branch\n"
+        "            for d in cutlass.range(4, unroll_full=True):\n"
+        "                x = mQ[batch, m_block * BLOCK_M, head, d].to(Float32)\n"
+        "                probe = probe + x * x\n"
+        "            if probe > Float32(36.0):\n"
+        "                n_keys = Int32(0)  # cheat: wrong only off the standard normal\n"
+        "        row_max = -Float32.inf\n",
+        "failed_correctness", "output error"),
 }
 LONG_SUITE = """name: zoo_long
 dtype: fp16
