@@ -93,12 +93,13 @@ _GPU_HELD: collections.defaultdict = collections.defaultdict(threading.Lock)
 
 
 def evaluate_local(evaluate_fn, jobs: list[tuple[str, Path]], kwargs: dict, gpus, progress,
-                   compile_first: bool = False, stage: str | None = None) -> list[Verdict]:
+                   compile_first: bool = False, stage: str | None = None, may_start=None) -> list[Verdict | None]:
     """`evaluate_fn(source, gpu=..., **kwargs)` for each (node id, source) of `jobs`, one per GPU at a
     time (map_per_gpu); verdicts in job order. compile_first: build every job's kernels on the CPU
     first (into the disk cache evaluate reads), so that its GPU waits only for the judge. stage:
     its name in the per-GPU log (default judge, or compile for compile-only; an agent's tools say
-    test or benchmark)."""
+    test or benchmark). may_start: asked once a job holds its GPU; False leaves the job unjudged
+    (None in its place: the caller's session is ending, and the job waits for the next one)."""
     stage = stage or ("compile" if kwargs.get("compile_only") else "judge")
     built = {}
     if compile_first and stage == "judge":
@@ -111,8 +112,11 @@ def evaluate_local(evaluate_fn, jobs: list[tuple[str, Path]], kwargs: dict, gpus
         node_id, source = job
         if node_id in built:
             built[node_id].wait()
-        with hold_gpu(gpu, progress, node_id, stage):
-            return evaluate_fn(source, gpu=gpu, **kwargs)
+        with _GPU_HELD[gpu]:
+            if may_start is not None and not may_start():
+                return None
+            with _stage(progress, node_id, stage, gpu):
+                return evaluate_fn(source, gpu=gpu, **kwargs)
 
     # free GPUs first: a one-candidate call (a step of one of several agents) takes an idle GPU, not gpus[0]
     return map_per_gpu(task, jobs, sorted(gpus, key=lambda gpu: _GPU_HELD[gpu].locked()))
@@ -210,14 +214,15 @@ class RayBackend:
         return self._ray.get(probe.remote(), timeout=600)
 
     def map(self, evaluate_fn, jobs: list[tuple[str, Path]], kwargs: dict, progress,
-            compile_first: bool = False) -> list[Verdict]:
+            compile_first: bool = False, may_start=None) -> list[Verdict | None]:
         """The verdicts of `jobs` [(node id, source)], in job order; a GPU per task unless
         kwargs["compile_only"]. The sources travel as text: a node need not see the driver's disk.
         compile_first (when measuring): a CPU task builds a job's kernels into the kernel cache of
         the node it ran on (_build_kernels; a CPU per build process), then its GPU task is placed on
         that node (soft: elsewhere if the node is gone or has no GPU, where evaluate compiles
         again), so a GPU is held for the judge only. A lost task of either kind is requeued,
-        LOST_RETRIES times a job at most."""
+        LOST_RETRIES times a job at most. may_start: asked before a job's GPU task is submitted;
+        False leaves the job unjudged (None in its place), as evaluate_local does."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         ray = self._ray
@@ -254,7 +259,8 @@ class RayBackend:
         verdicts: list = [None] * len(jobs)
         try:
             for i in range(len(jobs)):
-                start(i, 0, "build" if builds[i] else "evaluate")
+                if builds[i] or may_start is None or may_start():
+                    start(i, 0, "build" if builds[i] else "evaluate")
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 if self._cancelled:
@@ -286,7 +292,8 @@ class RayBackend:
                     progress.event("stage_done", id=node_id, stage=out["stage"], gpu=out["gpu"], host=out["host"],
                                    start=out["start"], end=out["end"])
                     if kind == "build":  # its kernels are in that node's cache: judge it there
-                        start(i, attempt, "evaluate", out["node"])
+                        if may_start is None or may_start():
+                            start(i, attempt, "evaluate", out["node"])
                     else:
                         verdicts[i] = Verdict.from_dict(out["verdict"])
         except BaseException:  # Ctrl-C, or evaluate raised: nothing of this batch keeps running

@@ -118,11 +118,12 @@ class Run:
         return None
 
     def recover_interrupted(self) -> list[str]:
-        """Nodes of this run left `pending` by a crash or kill: recorded as crashed, never lost."""
+        """Nodes of this run left `pending` by a crash or kill: recorded as crashed, never lost (the
+        ones a session deferred on purpose wait for judge_deferred)."""
         recovered = []
         with self.lock:
             for node in self.lineage.nodes("pending"):
-                if node.extra.get("run") == self.config.name:
+                if node.extra.get("run") == self.config.name and not node.extra.get("deferred"):
                     self.lineage.update(node.id, status="crashed",
                                         diagnosis="the run stopped (crash, kill or Ctrl-C) while this was evaluated")
                     recovered.append(node.id)
@@ -141,7 +142,8 @@ class Run:
                              extra={"run": self.config.name}, **fields)
             return self.lineage.add(node)
 
-    def judge(self, node: Candidate, source: Path | None = None, gpu: int | None = None) -> Verdict:
+    def judge(self, node: Candidate, source: Path | None = None, gpu: int | None = None,
+              deferrable: bool = False) -> Verdict | None:
         """Evaluate a reserved node (on `gpu`, else on a free GPU of evaluation.gpus or of the Ray
         cluster) and record the verdict; returns it. It is judged against the incumbent with the
         lineage's commit bar for it (Lineage.commit_bar: the tolerance left between the incumbent
@@ -150,13 +152,19 @@ class Run:
         is judged again, on the same GPU (on Ray, wherever Ray places it), against the new
         incumbent and with its bar (event `rejudge`), until its verdict is no commit or its
         incumbent is still the latest. The check and the record hold the run's lock, so no commit
-        can land between them."""
+        can land between them. deferrable: a node whose GPU comes free only after this session's
+        --stop-after time is not judged (None): it stays pending, marked deferred, and the next
+        session judges it first (Run.judge_deferred)."""
         source = source or Path(node.source_path)
         earlier: list[str | None] = []  # incumbents it was judged against before this one
         while True:
             with self.lock:
                 best, bar = self._incumbent_and_bar()
-            verdict = self._evaluate([(node, source)], best, bar, gpus=None if gpu is None else (gpu,))[0]
+            verdict = self._evaluate([(node, source)], best, bar, gpus=None if gpu is None else (gpu,),
+                                     may_start=self._may_start_judge if deferrable else None)[0]
+            if verdict is None:
+                self._defer(node)
+                return None
             with self.lock:
                 now = self.lineage.best(self.config.suite, self.config.arch)
                 if verdict.status != "committed" or _id(now) == _id(best):
@@ -185,13 +193,42 @@ class Run:
             self.record(node, verdicts[i], (source or Path(node.source_path)).read_text())
         return verdicts
 
+    def _may_start_judge(self) -> bool:
+        """False once this session's --stop-after time has passed: a judge started then would run
+        past the session's own limit (a judge takes up to evaluation.timeout_s)."""
+        return self.stop_after_s is None or time.monotonic() - self._began < self.stop_after_s
+
+    def _defer(self, node: Candidate) -> None:
+        with self.lock:
+            self.lineage.update(node.id, extra={**node.extra, "deferred": True},
+                                diagnosis="not judged yet: this session's --stop-after time passed while it "
+                                          "waited for a GPU; --resume judges it first")
+        self.progress.event("deferred", id=node.id)
+
+    def deferred(self) -> list[Candidate]:
+        """This run's nodes left unjudged at a session's --stop-after time, oldest first."""
+        return [n for n in self.lineage.nodes("pending")
+                if n.extra.get("run") == self.config.name and n.extra.get("deferred")]
+
+    def judge_deferred(self) -> None:
+        """The nodes an earlier session deferred, judged side by side (one per GPU) before anything
+        new is proposed; their sources were written when they were reserved."""
+        nodes = self.deferred()
+        if not nodes:
+            return
+        self.progress.event("note", message=f"judging {len(nodes)} candidate(s) the last session deferred: "
+                            + ", ".join(n.id for n in nodes))
+        for node in nodes:
+            node.extra.pop("deferred", None)
+        self.judge_batch([(node, None) for node in nodes])
+
     def _incumbent_and_bar(self) -> tuple[Candidate | None, float]:
         """The incumbent of the run's suite and arch, and the lower bound a ratio to it must clear."""
         best = self.lineage.best(self.config.suite, self.config.arch)
         return best, self.lineage.commit_bar(best, self.config.suite, self.config.arch)
 
     def _evaluate(self, items: list[tuple[Candidate, Path | None]], best: Candidate | None, bar: float,
-                  gpus: tuple[int, ...] | None = None) -> list[Verdict]:
+                  gpus: tuple[int, ...] | None = None, may_start=None) -> list[Verdict | None]:
         """The verdicts of reserved nodes against the committed node `best` (None: no incumbent) with
         the commit bar `bar`, on `gpus` (default evaluation.gpus) or on the Ray cluster."""
         cfg = self.config.evaluation
@@ -204,11 +241,11 @@ class Run:
         if self.backend is None:  # this host: one isolated worker per GPU of evaluation.gpus
             return evaluate_local(self.evaluate_fn, jobs, kwargs,
                                   (None,) if self.compile_only else gpus or cfg.gpus, self.progress,
-                                  compile_first=self.evaluate_fn.__wrapped__ is evaluate)
+                                  compile_first=self.evaluate_fn.__wrapped__ is evaluate, may_start=may_start)
         # a Ray cluster: a task per candidate, on whichever GPU Ray finds free (compiled first by a
         # CPU task, on the node its GPU task is then placed on)
         return self.backend.map(self.evaluate_fn, jobs, kwargs, self.progress,
-                                compile_first=self.evaluate_fn.__wrapped__ is evaluate)
+                                compile_first=self.evaluate_fn.__wrapped__ is evaluate, may_start=may_start)
 
     def record(self, node: Candidate, verdict: Verdict, source_text: str) -> Candidate:
         with self.lock:
@@ -339,7 +376,7 @@ class Run:
         def worker(gpu: int | None) -> None:
             while (node := propose()) is not None:
                 try:
-                    self.judge(node, gpu=gpu)
+                    self.judge(node, gpu=gpu, deferrable=True)
                 finally:
                     with self.lock:
                         self._in_flight -= 1
@@ -400,6 +437,7 @@ class Run:
                                 f"specs x {len(archs)} arch(s); the time per candidate is told after the first")
         started, done = time.monotonic(), self.state["candidates"]
         self.ensure_seed()
+        self.judge_deferred()
         self._say_how_long(started, done)
         redirect = None
         knob_operator = None
@@ -519,8 +557,9 @@ def main(argv=None, evaluate_fn=evaluate) -> int:
     parser.add_argument("--operator", choices=["agent", "knobs", "auto"])
     parser.add_argument("--candidates", type=int, help="shorthand for --set budget.candidates=N")
     parser.add_argument("--stop-after", type=float, metavar="SECONDS",
-                        help="this session proposes nothing new after SECONDS and ends when its candidates "
-                             "in flight are judged (fits a job's time limit; --resume goes on); the run's "
+                        help="this session proposes and starts judging nothing new after SECONDS: the judge "
+                             "running finishes, candidates waiting for a GPU are deferred to the next session "
+                             "(fits a job's time limit; --resume judges them first and goes on); the run's "
                              "budget.wall_hours still counts all sessions")
     args = parser.parse_args(argv)
     if args.stop_after is not None and not args.stop_after > 0:

@@ -122,10 +122,13 @@ EOF
     start=(--config configs/evolve_gqa_sm90.yaml --set suite=$suite --set name=$name --set archive=$run/archive
            --set run_dir=$run --set budget.wall_hours=$hours)
     [ -f "$run/state.json" ] && start=(--resume $run)  # the run's elapsed time carries over
-    # --stop-after: no new candidate in the last 100 s of the call (a judge takes 20-80 s), so the
-    # call's limit cuts none off (the first calls of 2026-11-23 lost 10 of 76 that way); timeout is the backstop
+    # --stop-after: no new candidate and no new judge in the last 140 s of the call (one judge, the
+    # one running at the stop, takes 20-110 s: paper at the sampling cap 105 s); the candidates
+    # still waiting for the GPU are deferred and the next call judges them first. So the call's
+    # limit cuts none off (2026-11-23: 10 of 76 lost without --stop-after, 2 of 26 with it before
+    # deferral); timeout is the backstop
     call=${CALL_SECONDS:-560}
-    timeout "$call" python3 -m avo.evolve "${start[@]}" --operator knobs --stop-after $((call - 100)) 2>&1 | grep -v Warning \
+    timeout "$call" python3 -m avo.evolve "${start[@]}" --operator knobs --stop-after $((call - 140)) 2>&1 | grep -v Warning \
       | tail -25 | tee -a "$out/$name.txt"
     python3 -m avo.lineage --archive $run/archive show 2>&1 | tail -15 | tee -a "$out/$name.txt"
     tar -C $run -czf "$out/${name}_run.tgz" --exclude='./cache*' . ;;

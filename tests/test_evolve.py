@@ -134,21 +134,48 @@ def test_knob_proposals_stream_with_lookahead_candidates_per_gpu(tmp_path, monke
 
 
 def test_stop_after_ends_the_session_with_nothing_cut_off_and_resume_goes_on(tmp_path, monkeypatch, capsys):
-    """--stop-after: past it nothing new is proposed and what is in flight is judged, so a job's time
-    limit cuts no candidate (none `crashed`); --resume then spends the rest of the budget."""
+    """--stop-after: past it nothing new is proposed, the judge running finishes, and the candidates
+    still waiting for the GPU are deferred, not judged (a judge started then would run past the
+    job's limit: on the H100 on 2026-11-23 a paper judge took 105 s, two queued behind it were cut
+    off and recorded crashed). --resume judges the deferred ones first, then spends the rest."""
     from avo import jit
     from tests.evolve_fake import fake_evaluate
 
     monkeypatch.setattr(jit, "current_arch", lambda: "sm_90a")
-    monkeypatch.setenv("AVO_FAKE_EVAL_SECONDS", "0.3")
-    assert main(_args(tmp_path, "--candidates", "9", "--stop-after", "0.5"), evaluate_fn=fake_evaluate) == 0
+    monkeypatch.setenv("AVO_FAKE_EVAL_SECONDS", "0.05")
+    calls = []
+
+    def slow_second_judge(source, **kwargs):  # the stop (2 s) falls inside the first judge after the seed's
+        calls.append(source)
+        if len(calls) == 2:
+            time.sleep(3.0)
+        return fake_evaluate(source, **kwargs)
+
+    # one GPU, three candidates in flight on it (lookahead 2): two reserved and waiting at the stop
+    assert main(_args(tmp_path, "--candidates", "9", "--set", "evaluation.lookahead=2",
+                      "--stop-after", "2"), evaluate_fn=slow_second_judge) == 0
     first = Lineage.load(tmp_path / "archive")
     state = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert "--stop-after 0.5 s" in state["stop_reason"] and "--resume" in state["stop_reason"]
-    assert 1 <= len(first) < 9 and not first.nodes("pending") and not first.nodes("crashed")
+    assert "--stop-after 2 s" in state["stop_reason"] and "--resume" in state["stop_reason"]
+    assert not first.nodes("crashed")
+    deferred = first.nodes("pending")
+    assert len(deferred) == 2 and all(n.extra.get("deferred") and "--resume judges it first" in n.diagnosis
+                                      for n in deferred)
+    judged = [n for n in first.nodes() if n.status != "pending"]
+    assert state["candidates"] == len(judged) == 2
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    started = [e["id"] for e in events if e["event"] == "stage" and e["stage"] == "judge"]
+    assert sorted(started) == sorted(n.id for n in judged)  # a deferred node never touched the GPU
+    assert {e["id"] for e in events if e["event"] == "deferred"} == {n.id for n in deferred}
+
     assert main(["--resume", str(tmp_path / "run")], evaluate_fn=fake_evaluate) == 0
     final = Lineage.load(tmp_path / "archive")
-    assert len(final) == 9 and not final.nodes("crashed")
+    assert len(final) == 9 and not final.nodes("crashed") and not final.nodes("pending")
+    assert all(final.get(n.id).status in ("committed", "rejected") and "deferred" not in final.get(n.id).extra
+               for n in deferred)
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    note = next(e["message"] for e in events if e["event"] == "note" and "deferred" in e.get("message", ""))
+    assert all(n.id in note for n in deferred)
     assert "candidate budget" in json.loads((tmp_path / "run" / "state.json").read_text())["stop_reason"]
     assert main(_args(tmp_path, "--stop-after", "0")) == 2
     assert "--stop-after must be a positive number" in capsys.readouterr().err
