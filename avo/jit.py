@@ -30,6 +30,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ GENERATED_DIR = REPO / "generated"
 ARCHS = ("sm_90a", "sm_100a")
 COMPILE_TIMEOUT_S = 900.0  # one build process, all the specializations it compiles
 _TEMPLATE_FILE = "template.py.j2"  # each dsl_templates/<family>/ holds this and knobs.py
+_KNOB_MODULES_LOCK = threading.Lock()  # knob_space: one thread loads a template's knobs module
 
 # Compiles done by this process (cache hits do not count): tests count, never time.
 _stats = {"compiles": 0, "disk_hits": 0, "memory_hits": 0}
@@ -131,12 +133,20 @@ def knob_space(template: str):
     a template whose source holds a per-spec knob table also has `KnobTable` and `SEED_TABLE`."""
     path = _template_dir(template) / "knobs.py"
     name = f"avo_knobs_{template}"
-    if name not in sys.modules:
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        module_spec.loader.exec_module(module)
-    return sys.modules[name]
+    # under a lock: the module is in sys.modules while it executes (its dataclasses look their
+    # module up there), so without one a second thread (avo.bench compiles the specs of a suite
+    # in a thread pool) could take it half made: "has no attribute 'default_knobs'"
+    with _KNOB_MODULES_LOCK:
+        if name not in sys.modules:
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+        return sys.modules[name]
 
 
 def load_knobs(template: str, values: dict | None = None, spec: AttentionSpec | None = None):

@@ -229,3 +229,38 @@ def test_shared_library_and_object_file_give_the_same_kernel(tmp_path, fresh_cac
     torch.cuda.synchronize()
     assert not outs[0][0].isnan().any()
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_knob_modules_load_once_for_threads_at_once():
+    """avo.bench compiles a suite's specs in a thread pool, each thread loading the template's knob
+    module: before a lock they could take it half executed (H100 2026-11-23, `avo.bench --kernel
+    flash_fwd_sm90`: "module 'avo_knobs_flash_fwd_sm90' has no attribute 'default_knobs'")."""
+    import sys
+    import threading
+
+    from avo.spec import AttentionSpec
+
+    name = "avo_knobs_flash_fwd_sm90"
+    loaded = sys.modules.get(name)  # put back after: other tests hold its Knobs class
+    try:
+        for _ in range(5):
+            sys.modules.pop(name, None)
+            start, results = threading.Barrier(8), []
+
+            def load():
+                start.wait()
+                try:
+                    results.append(jit.knob_space("flash_fwd_sm90").default_knobs(AttentionSpec()).tile_m)
+                except AttributeError as exc:
+                    results.append(exc)
+
+            threads = [threading.Thread(target=load) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert results == [128] * 8
+    finally:
+        sys.modules.pop(name, None)
+        if loaded is not None:
+            sys.modules[name] = loaded
