@@ -28,11 +28,12 @@ def _default_knobs_before_tables(spec):
     reproduce: the head_dim row at or above, head_swizzle for causal, pack_gqa where the group
     divides tile_m; and what was measured since: d256 rescales O before the PV issue (v0043) and
     keeps v0043's waits and mask (v0050's source cost 3% there); the bitmask causal mask at d64 and
-    d128 (v0052, v0053); d128 without ping-pong and causal GQA unpacked (the GQA transfer, v0056)."""
+    d128 (v0052, v0053); d128 without ping-pong and causal GQA unpacked (the GQA transfer, v0056);
+    lazy rescale at d256 (v0070, in place of the rescale before the PV) and causal d128 (v0069)."""
     rows = {64: dict(tile_m=192, tile_n=128, num_stages=3, mma_regs=160, producer_regs=32),
             128: dict(tile_m=128, tile_n=128),
-            256: dict(tile_m=128, tile_n=80, rescale_o_before_pv=True, try_wait_first=False,
-                     unmask_full_blocks=False)}
+            256: dict(tile_m=128, tile_n=80, try_wait_first=False, unmask_full_blocks=False,
+                      lazy_rescale=True)}
     hd = min((h for h in rows if h >= spec.head_dim), default=max(rows))
     k = K.Knobs(**rows[hd], head_swizzle=spec.causal)
     if spec.qhead_per_kvhead > 1 and k.tile_m % spec.qhead_per_kvhead == 0:
@@ -40,7 +41,7 @@ def _default_knobs_before_tables(spec):
     if hd in (64, 128):
         k = k.replace(bitmask_causal_mask=True)
     if hd == 128:
-        k = k.replace(pingpong=False, pack_gqa=k.pack_gqa and not spec.causal)
+        k = k.replace(pingpong=False, pack_gqa=k.pack_gqa and not spec.causal, lazy_rescale=spec.causal)
     return k
 
 
@@ -50,7 +51,7 @@ def test_seed_table_gives_every_spec_the_knobs_it_had():
         assert K.SEED_TABLE.for_spec(spec) == _default_knobs_before_tables(spec), spec.key()
         assert K.default_knobs(spec) == K.SEED_TABLE.for_spec(spec)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, True, 8)) == K.Knobs(
-        head_swizzle=True, pingpong=False, bitmask_causal_mask=True)
+        head_swizzle=True, pingpong=False, bitmask_causal_mask=True, lazy_rescale=True)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, False, 8)) == K.Knobs(
         pack_gqa=True, head_swizzle=False, pingpong=False, bitmask_causal_mask=True)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 64, False, 3)).pack_gqa  # 3 divides 192
@@ -68,7 +69,7 @@ def test_seed_table_gives_every_spec_the_knobs_it_had():
     (lambda: K.KnobTable(rows=[({"causal": True}, {})]), "row 0: overrides nothing"),
     (lambda: K.KnobTable(rows=[({"causal": True},)]), "a row is (match, overrides)"),
     (lambda: K.KnobTable(default={"tile_m": 96}), "default: tile_m=96 not in [64, 128, 192]"),
-    (lambda: K.SEED_TABLE.with_row({"head_dim": 128}, {"num_stages": 4}), "row 9: num_stages=4 not in [1, 2, 3]"),
+    (lambda: K.SEED_TABLE.with_row({"head_dim": 128}, {"num_stages": 4}), "row 10: num_stages=4 not in [1, 2, 3]"),
 ])
 def test_a_bad_table_is_a_one_line_error(make, words):
     with pytest.raises(ValueError) as err:

@@ -123,6 +123,26 @@ def test_compiles_with_several_tiles_per_cta(spec):
         assert callable(compiled(spec, knobs))
 
 
+def test_compiles_with_exp2_on_the_fma_pipes():
+    spec = AttentionSpec("bf16", 64, True, 1)
+    assert callable(compiled(spec, default_knobs(spec).replace(exp2_fma_every=4)))
+
+
+def test_compiles_with_lazy_rescale():
+    spec = AttentionSpec("bf16", 128, False, 1)
+    assert callable(compiled(spec, default_knobs(spec).replace(lazy_rescale=True)))
+
+
+def test_row_sums_by_mma_compile_and_need_p_in_registers():
+    spec = AttentionSpec("bf16", 128, True, 8)
+    assert callable(compiled(spec, default_knobs(spec).replace(row_sum_by_mma=True)))
+    module = load_module(default_knobs(spec).replace(row_sum_by_mma=True, mma_pv_is_rs=False))
+    ok, reason = module.KERNEL.can_implement(spec)
+    assert not ok and "mma_pv_is_rs" in reason
+    base = load_module(default_knobs(spec)).KERNEL.smem_bytes(spec)
+    assert load_module(default_knobs(spec).replace(row_sum_by_mma=True)).KERNEL.smem_bytes(spec) - base == 2048
+
+
 def test_an_own_o_buffer_needs_its_shared_memory():
     spec = AttentionSpec("bf16", 256)
     knobs = default_knobs(spec).replace(separate_o_buffer=True)
@@ -212,7 +232,10 @@ GPU_SPECS = [
 ]
 
 
-def check(fn, spec, b, sq, sk, hq, hkv):
+def check(fn, spec, b, sq, sk, hq, hkv, rising: float = 0.0):
+    """fn against the reference on N(0, 1) inputs; rising > 0: keys scaled by 1 + rising at the
+    start of the sequence down to 1 at its end, q doubled, so that the logits grow toward the
+    first keys, the ones the kernel visits last: a row's max keeps moving while it runs."""
     import torch
 
     from avo.reference import reference_attention
@@ -220,6 +243,10 @@ def check(fn, spec, b, sq, sk, hq, hkv):
     dt, d = spec.torch_dtype, spec.head_dim
     q = torch.randn(b, sq, hq, d, device="cuda", dtype=dt)
     k = torch.randn(b, sk, hkv, d, device="cuda", dtype=dt)
+    if rising:
+        ramp = 1 + rising * (1 - torch.arange(sk, device="cuda", dtype=torch.float32) / sk)
+        k = (k.float() * ramp.view(1, sk, 1, 1)).to(dt)
+        q = q * 2
     v = torch.randn(b, sk, hkv, d, device="cuda", dtype=dt)
     scale = 1.0 / math.sqrt(d)
     o = torch.full_like(q, float("nan"))
@@ -279,6 +306,71 @@ def test_several_tiles_per_cta_match_reference(spec, tiles, own_o):
     for hq, hkv in heads:
         for b, sq, sk in SHAPES:
             check(fn, spec, b, sq, sk, hq, hkv)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("every", [2, 8])
+@pytest.mark.parametrize("spec", [AttentionSpec("bf16", 64, True, 1), AttentionSpec("bf16", 64, False, 4),
+                                  AttentionSpec("bf16", 128, True, 1), AttentionSpec("fp16", 128, False, 1),
+                                  AttentionSpec("bf16", 256, True, 1)], ids=lambda s: s.key())
+def test_exp2_on_the_fma_pipes_matches_reference(spec, every):
+    """Every `every`-th softmax column through the polynomial exp2 (knob exp2_fma_every): within
+    torch's own error on every shape, and rows that see no key (2 x 1000 x 113 causal) still give
+    exactly 0 weight, so their LSE is -inf like the reference's (the clamp at -127 must give +0.0)."""
+    fn = compiled(spec, default_knobs(spec).replace(exp2_fma_every=every))
+    for hq, hkv in HEADS[spec.qhead_per_kvhead][:1]:
+        for b, sq, sk in SHAPES:
+            check(fn, spec, b, sq, sk, hq, hkv)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("spec, extra", [
+    (AttentionSpec("bf16", 64, True, 1), {}),
+    (AttentionSpec("fp16", 64, False, 4), {}),
+    (AttentionSpec("bf16", 128, True, 4), {}),
+    (AttentionSpec("bf16", 128, False, 4), {}),  # GQA packed into the M tile
+    (AttentionSpec("bf16", 128, False, 1), {}),
+    (AttentionSpec("fp16", 128, True, 1), {}),
+    (AttentionSpec("bf16", 128, True, 4), dict(intra_wg_overlap=False, pingpong=False)),
+    (AttentionSpec("bf16", 128, False, 4), dict(rescale_o_before_pv=True)),
+    (AttentionSpec("bf16", 128, True, 1), dict(tiles_per_cta=2, pingpong=False)),
+], ids=lambda x: x.key() if isinstance(x, AttentionSpec) else "-".join(x) or "default")
+def test_row_sums_by_mma_match_reference(spec, extra):
+    """The row sums from a GEMM of P with ones (knob row_sum_by_mma), on every loop shape (overlap
+    or not, O rescaled before or after the PV, several tiles per CTA): within torch's error on
+    every shape, rows with no key at LSE -inf, and the LSE itself (the sum of P as rounded for the
+    GEMM) within 2e-3 of the reference."""
+    fn = compiled(spec, default_knobs(spec).replace(row_sum_by_mma=True, **extra))
+    for hq, hkv in HEADS[spec.qhead_per_kvhead][:1]:
+        for b, sq, sk in SHAPES:
+            check(fn, spec, b, sq, sk, hq, hkv)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("spec, extra", [
+    (AttentionSpec("bf16", 64, True, 1), {}),
+    (AttentionSpec("fp16", 64, False, 4), {}),
+    (AttentionSpec("bf16", 128, True, 4), {}),
+    (AttentionSpec("bf16", 128, False, 4), {}),
+    (AttentionSpec("fp16", 128, False, 1), {}),
+    (AttentionSpec("bf16", 128, True, 4), dict(intra_wg_overlap=False, pingpong=False)),
+    (AttentionSpec("bf16", 128, False, 1), dict(tiles_per_cta=2, pingpong=False)),
+    (AttentionSpec("bf16", 256, True, 1), {}),
+    (AttentionSpec("fp16", 256, False, 4), {}),
+], ids=lambda x: x.key() if isinstance(x, AttentionSpec) else "-".join(x) or "default")
+@pytest.mark.parametrize("rising", [0.0, 3.0])
+def test_lazy_rescale_matches_reference(spec, extra, rising):
+    """O rescaled only when a row's max grew by more than 2^8 (knob lazy_rescale): on N(0, 1)
+    inputs (the max settles after the first block: the rescale is skipped), and on logits that
+    grow toward the keys visited last (rising: rows keep taking new maxima, some rows of a warp
+    do and others not), every shape within torch's error, LSE within 2e-3, empty rows -inf."""
+    fn = compiled(spec, default_knobs(spec).replace(lazy_rescale=True, **extra))
+    for hq, hkv in HEADS[spec.qhead_per_kvhead][:1]:
+        for b, sq, sk in SHAPES:
+            check(fn, spec, b, sq, sk, hq, hkv, rising=rising)
 
 
 @pytest.mark.gpu

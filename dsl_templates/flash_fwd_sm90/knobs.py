@@ -54,12 +54,36 @@ class Knobs:
     # Tiles one CTA computes one after the other (1: one tile per CTA, FA4's launch). More: the grid
     # shrinks by that factor, and each CTA's pipelines run on from tile to tile, so the next tile's
     # first K block loads during this tile's last PV GEMM and epilogue, and no launch or setup sits
-    # between tiles. Needs pingpong off. Not yet measured.
+    # between tiles. Needs pingpong off. H100 2026-11-23, paper vs v0056: 2 tiles 0.9736x (v0057):
+    # the K/V loop grows by 37 instructions, which costs more than the per-tile costs saved.
     tiles_per_cta: int = 1
     # O staged in a shared buffer of its own instead of Q's: with tiles_per_cta > 1 the next tile's
     # Q then loads during this tile's last PV GEMM and epilogue (Q's buffer is free after the last
-    # QK^T GEMM). One more tile_m x head_dim buffer (fits at d64 and d128). Not yet measured.
+    # QK^T GEMM). One more tile_m x head_dim buffer (fits at d64 and d128). With 2 tiles 0.9736x (v0058).
     separate_o_buffer: bool = False
+    # Every k-th column of each softmax row (k = this; 0: none) computes its exp2 on the FMA pipes (a
+    # degree-3 polynomial, 9 instructions) instead of the MUFU (16 results per clock per SM). At d64
+    # a tile's exp2s take the MUFU as long as its GEMMs take the tensor cores (192 x 128 exps per
+    # K block at 16 per clock: 1536 clocks, the same as its two GEMMs at peak), so the warp groups'
+    # softmaxes queue on the MUFU; FA4 does this on Blackwell. H100 2026-11-23, hdim64 vs v0052: k=8
+    # 0.9556x, k=4 0.8988x, k=2 0.8062x (v0061-v0063): d64 is issue-bound, not MUFU-bound.
+    exp2_fma_every: int = 0
+    # The softmax row sums on the tensor cores: each PV GEMM also multiplies P by a K/V-block-tall
+    # column of ones (a second WGMMA, N = 8, from the same P registers), and that accumulator is
+    # rescaled with O, so it holds the row sums at the end. This drops the per-element FADDs of
+    # the row sums (64 per thread and K block at d64 and d128) and the final shuffles, for about
+    # 1/16 more tensor work at d128 (1/8 at d64). The sums are of P as rounded for the GEMM (bf16 or
+    # fp16), the same P as O's numerator. Needs mma_pv_is_rs. H100 2026-11-23: hdim64 0.9848x,
+    # paper 0.7986x (v0065, v0066): the N=8 GEMM in the PV group costs far more than the FADDs.
+    row_sum_by_mma: bool = False
+    # A row keeps its running max until the new max exceeds it by more than 8 (log2 units of the
+    # scaled scores), and O is rescaled only when some row of the warp took a new max (a warp
+    # vote, a uniform branch): after the first K blocks the max rarely moves that far, so the
+    # 32 (d64) or 64 (d128) FMULs per thread and K block of O's rescale are skipped. P is then at
+    # most 2^8, the row sums at most 2^8 per key: far inside fp32, bf16 and fp16. FA4 does this on
+    # Blackwell. The paths that rescale O after the PV GEMM only (not rescale_o_before_pv). H100
+    # 2026-11-23: causal d128 +0.4-1.6% per config (v0069), d256 1.0089x (v0070): the seed table's.
+    lazy_rescale: bool = False
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -86,6 +110,9 @@ SPACE: dict[str, tuple] = {
     "bitmask_causal_mask": (False, True),
     "tiles_per_cta": (1, 2, 4),
     "separate_o_buffer": (False, True),
+    "exp2_fma_every": (0, 2, 4, 8),
+    "row_sum_by_mma": (False, True),
+    "lazy_rescale": (False, True),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 
@@ -109,11 +136,14 @@ TABLE_ROWS = (
     # 1.001-1.008x, hdim256 0.998x (H100 2026-11-23, v0052-v0054).
     (dict(head_dim=(64, 128)), dict(bitmask_causal_mask=True)),
     # FA4's d256 tile. H200 2026-11-22, MHA 16h s8k: full 677 vs FA4 712 (0.95x), causal 660
-    # vs 677 (0.98x); tile_n 64: 680 / 656, the same within noise. O rescaled before the PV issue:
+    # vs 677 (0.98x); tile_n 64: 680 / 656, the same within noise. O rescaled before the PV issue
+    # (the d256 seed until lazy rescale replaced it):
     # H100 2026-11-22, hdim256 suite, judged against v0041 (lineage v0043): 1.0441x [1.0401, 1.0486],
     # 0.9943x FA4 (v0041 was 0.959x), 1.144x cuDNN.
-    (dict(head_dim=256), dict(tile_n=80, rescale_o_before_pv=True, try_wait_first=False,
-                              unmask_full_blocks=False)),
+    # Lazy rescale instead (issue 13, H100 2026-11-23, against v0043): O rescaled after the PV
+    # GEMM only when a row's max moved by more than 2^8, 1.0089x [1.0012, 1.0128], 1.0061x FA4.
+    (dict(head_dim=256), dict(tile_n=80, try_wait_first=False, unmask_full_blocks=False,
+                              lazy_rescale=True)),
     # The head-grouped CTA order for causal only. H200 2026-11-22, d128 s8k/s16k: non-causal with
     # it 579-611 TFLOPS vs 632-663 without; causal without it 579-628 vs 599-614 with, a wash.
     (dict(causal=True), dict(head_swizzle=True)),
@@ -129,6 +159,10 @@ TABLE_ROWS = (
     # [1.0054, 1.0104] (v0055), for all of d128 1.0118x [1.0097, 1.0141] (v0056, 1.015x FA4).
     (dict(head_dim=128), dict(pingpong=False)),
     (dict(head_dim=128, causal=True, qhead_per_kvhead=(2, 4, 8, 16, 32, 64, 128)), dict(pack_gqa=False)),
+    # Lazy rescale on causal d128 (H100 2026-11-23, paper suite against v0056): on all of d128
+    # 1.0026x [1.0000, 1.0044] with causal configs +0.5-1.6% and full ones flat or below; causal
+    # only 1.0021x [0.9998, 1.0044] (causal +0.4-1.6%), 1.023x FA4. At d64: 0.9905x (full -1.7%).
+    (dict(head_dim=128, causal=True), dict(lazy_rescale=True)),
 )
 
 SPEC_FIELDS = tuple(f.name for f in fields(AttentionSpec))  # what a row may match on
