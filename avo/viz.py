@@ -299,10 +299,11 @@ def draw_lineage(lineage: Lineage, hide=(), fold: bool = False):
     return fig
 
 
-def draw_trajectory(lineage: Lineage):
-    """Left: geomean TFLOPS of each committed-path version, with the FA4 and cuDNN geomeans of the
-    same runs. Right: per-config TFLOPS (solid) with each baseline in the config's colour."""
-    path = lineage.committed_path()
+def draw_trajectory(lineage: Lineage, suite: str | None = None):
+    """Left: geomean TFLOPS of each committed-path version (the path to the best of `suite`, or to
+    the newest commit of any suite), with the FA4 and cuDNN geomeans of the same runs. Right:
+    per-config TFLOPS (solid) with each baseline in the config's colour."""
+    path = lineage.committed_path(suite)
     if not path:
         raise LineageError(f"the lineage at {lineage.root} has no committed node")
     x = list(range(len(path)))
@@ -349,19 +350,20 @@ def draw_trajectory(lineage: Lineage):
                 transform=ax_cfg.transAxes, fontsize=7, va="bottom")
     archs = sorted({c.arch for c in path if c.arch})
     fig.suptitle("committed versions" + (f" ({', '.join(archs)})" if archs else "")
-                 + f"; best = {path[-1].id}, the newest; Nx = its same-run speed ratio to the incumbent before it",
+                 + f"; best = {path[-1].id}, the newest" + (f" on {suite}" if suite else "")
+                 + "; Nx = its same-run speed ratio to the incumbent before it",
                  fontsize=10)
     return fig
 
 
-def plot(lineage: Lineage, out_dir: str | Path, hide=(), fold: bool = False) -> list[Path]:
+def plot(lineage: Lineage, out_dir: str | Path, hide=(), fold: bool = False, suite: str | None = None) -> list[Path]:
     """Write lineage.{png,svg} (nodes of `hide` statuses dropped or, with `fold`, counted) and, when
-    something is committed, trajectory.{png,svg}."""
+    something is committed (on `suite`, when given), trajectory.{png,svg}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {"lineage": draw_lineage(lineage, hide, fold)}
-    if lineage.committed_path():
-        figures["trajectory"] = draw_trajectory(lineage)
+    if lineage.committed_path(suite):
+        figures["trajectory"] = draw_trajectory(lineage, suite)
     written = []
     for name, fig in figures.items():
         for suffix in ("png", "svg"):
@@ -383,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     p_plot.add_argument("--out", default=None, help="output directory (default: the archive directory)")
     p_plot.add_argument("--hide", default="", metavar="STATUSES",
                         help="comma-separated statuses not to draw, e.g. screened,failed (failed: every failure)")
+    p_plot.add_argument("--suite", default=None,
+                        help="the trajectory follows the best of this suite (default: the newest commit of any)")
     p_plot.add_argument("--fold", action="store_true",
                         help="draw the --hide statuses as one counted node per parent instead of dropping them")
     sub.add_parser("show", help="print one row per node")
@@ -401,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table(lineage))
         elif args.command == "plot":
             hide = [h.strip() for h in args.hide.split(",") if h.strip()]
-            for path in plot(lineage, args.out or args.archive, hide, args.fold):
+            for path in plot(lineage, args.out or args.archive, hide, args.fold, args.suite):
                 print(path)
         else:
             text = to_mermaid(lineage) if args.format == "mermaid" else to_dot(lineage)

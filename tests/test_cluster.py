@@ -373,6 +373,25 @@ def test_on_ray_a_candidate_compiles_in_a_cpu_task_first_and_is_judged_on_its_no
     assert all(isinstance(s, NodeAffinitySchedulingStrategy) and s.node_id == node and s.soft for s in affinities)
 
 
+@pytest.mark.slow
+def test_on_ray_a_job_past_the_stop_is_left_unjudged(tmp_path, ray_cluster):
+    """may_start (evolve's --stop-after) is asked before a GPU task is submitted: False leaves the
+    job unjudged (None), after its compile task or, for a source with nothing to build, at once."""
+    from avo.progress import Progress
+
+    backend = RayBackend(None)
+    source = jit.render("naive_attention", jit.load_knobs("naive_attention", {"block_m": 64, "tile_n": 32}))
+    refused = tmp_path / "refused.py"
+    refused.write_text("import os\nKERNEL = None\n")
+    progress = Progress(tmp_path / "events.jsonl", "t", live=False)
+    kwargs = {"suite": "tiny", "archs": ("sm_90a",), "compile_only": None, "timeout_s": 300.0}
+    verdicts = backend.map(fake_evaluate, [("v0001", source), ("v0002", refused)], kwargs, progress,
+                           compile_first=True, may_start=lambda: False)
+    assert verdicts == [None, None]
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert {(e["id"], e["stage"]) for e in events if e["event"] == "stage_done"} == {("v0001", "compile")}
+
+
 def jit_specs(suite: str):
     from avo.suites import load_suite
 

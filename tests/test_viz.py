@@ -93,6 +93,24 @@ def test_trajectory_plots_committed_versions_and_same_run_baselines(lineage):
     assert per_config["mha_s4k FA4"] == [400.0] * 3
 
 
+def test_trajectory_follows_the_best_of_a_suite(lineage, tmp_path):
+    """A newer commit on another suite becomes the archive's best; --suite keeps the trajectory on
+    one suite's path (the README draws the paper suite's)."""
+    for node_id in PATH:
+        lineage.update(node_id, suite="paper")
+    lineage.add(Candidate(id="v0008", parents=["v0000"], operator="manual", status="committed",
+                          scores={"mha_s8k_d256": 700.0}, geomean=700.0, arch="sm_90a", suite="hdim256",
+                          created=2000.0, baselines={"fa4": {"mha_s8k_d256": 690.0}}),
+                source_text="KERNEL = 'v0008'\n")
+    ticks = lambda fig: [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks(viz.draw_trajectory(lineage)) == ["v0000 paper", "v0008 hdim256"]
+    assert ticks(viz.draw_trajectory(lineage, suite="paper")) == PATH
+    from avo.lineage import main as lineage_main
+
+    assert lineage_main(["--archive", str(lineage.root), "plot", "--out", str(tmp_path / "p"), "--suite", "paper"]) == 0
+    assert (tmp_path / "p" / "trajectory.png").exists()
+
+
 def test_plot_writes_png_and_svg(lineage, tmp_path):
     written = viz.plot(lineage, tmp_path / "pics")
     assert sorted(p.name for p in written) == ["lineage.png", "lineage.svg", "trajectory.png", "trajectory.svg"]
