@@ -112,7 +112,7 @@ class Run:
             return f"wall-time budget reached ({budget.wall_hours} h)"
         if state["tokens"] >= budget.tokens:
             return f"token budget reached ({budget.tokens})"
-        if self.stop_after_s is not None and time.monotonic() - self._began >= self.stop_after_s:
+        if self._past_stop():
             return (f"this session's time limit reached (--stop-after {self.stop_after_s:g} s); "
                     f"--resume {self.config.run_dir} goes on")
         return None
@@ -161,7 +161,7 @@ class Run:
             with self.lock:
                 best, bar = self._incumbent_and_bar()
             verdict = self._evaluate([(node, source)], best, bar, gpus=None if gpu is None else (gpu,),
-                                     may_start=self._may_start_judge if deferrable else None)[0]
+                                     may_start=(lambda: not self._past_stop()) if deferrable else None)[0]
             if verdict is None:
                 self._defer(node)
                 return None
@@ -193,10 +193,10 @@ class Run:
             self.record(node, verdicts[i], (source or Path(node.source_path)).read_text())
         return verdicts
 
-    def _may_start_judge(self) -> bool:
-        """False once this session's --stop-after time has passed: a judge started then would run
-        past the session's own limit (a judge takes up to evaluation.timeout_s)."""
-        return self.stop_after_s is None or time.monotonic() - self._began < self.stop_after_s
+    def _past_stop(self) -> bool:
+        """This session's --stop-after time has passed: nothing new is proposed, and no judge is
+        started (it would run past the session's own limit: a judge takes up to evaluation.timeout_s)."""
+        return self.stop_after_s is not None and time.monotonic() - self._began >= self.stop_after_s
 
     def _defer(self, node: Candidate) -> None:
         with self.lock:

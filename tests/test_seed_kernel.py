@@ -268,6 +268,13 @@ def check(fn, spec, b, sq, sk, hq, hkv, rising: float = 0.0):
         assert lse_err <= 2e-3, f"{shape}: LSE error {lse_err:.3g}"
 
 
+def check_every_shape(fn, spec, heads, rising: float = 0.0):
+    """check() on every shape of SHAPES for each (heads_q, heads_kv) of `heads`."""
+    for hq, hkv in heads:
+        for b, sq, sk in SHAPES:
+            check(fn, spec, b, sq, sk, hq, hkv, rising=rising)
+
+
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("spec", GPU_SPECS, ids=lambda s: s.key())
@@ -302,10 +309,7 @@ def test_several_tiles_per_cta_match_reference(spec, tiles, own_o):
     buffer released after the epilogue's store (O staged there) or after the last QK^T (own_o)."""
     knobs = default_knobs(spec).replace(tiles_per_cta=tiles, pingpong=False, separate_o_buffer=own_o)
     fn = compiled(spec, knobs)
-    heads = [(3, 3)] if spec.qhead_per_kvhead == 1 else [(4, 1), (8, 2)]
-    for hq, hkv in heads:
-        for b, sq, sk in SHAPES:
-            check(fn, spec, b, sq, sk, hq, hkv)
+    check_every_shape(fn, spec, [(3, 3)] if spec.qhead_per_kvhead == 1 else [(4, 1), (8, 2)])
 
 
 @pytest.mark.gpu
@@ -319,9 +323,7 @@ def test_exp2_on_the_fma_pipes_matches_reference(spec, every):
     torch's own error on every shape, and rows that see no key (2 x 1000 x 113 causal) still give
     exactly 0 weight, so their LSE is -inf like the reference's (the clamp at -127 must give +0.0)."""
     fn = compiled(spec, default_knobs(spec).replace(exp2_fma_every=every))
-    for hq, hkv in HEADS[spec.qhead_per_kvhead][:1]:
-        for b, sq, sk in SHAPES:
-            check(fn, spec, b, sq, sk, hq, hkv)
+    check_every_shape(fn, spec, HEADS[spec.qhead_per_kvhead][:1])
 
 
 @pytest.mark.gpu
@@ -343,9 +345,7 @@ def test_row_sums_by_mma_match_reference(spec, extra):
     every shape, rows with no key at LSE -inf, and the LSE itself (the sum of P as rounded for the
     GEMM) within 2e-3 of the reference."""
     fn = compiled(spec, default_knobs(spec).replace(row_sum_by_mma=True, **extra))
-    for hq, hkv in HEADS[spec.qhead_per_kvhead][:1]:
-        for b, sq, sk in SHAPES:
-            check(fn, spec, b, sq, sk, hq, hkv)
+    check_every_shape(fn, spec, HEADS[spec.qhead_per_kvhead][:1])
 
 
 @pytest.mark.gpu
@@ -368,9 +368,7 @@ def test_lazy_rescale_matches_reference(spec, extra, rising):
     grow toward the keys visited last (rising: rows keep taking new maxima, some rows of a warp
     do and others not), every shape within torch's error, LSE within 2e-3, empty rows -inf."""
     fn = compiled(spec, default_knobs(spec).replace(lazy_rescale=True, **extra))
-    for hq, hkv in HEADS[spec.qhead_per_kvhead][:1]:
-        for b, sq, sk in SHAPES:
-            check(fn, spec, b, sq, sk, hq, hkv, rising=rising)
+    check_every_shape(fn, spec, HEADS[spec.qhead_per_kvhead][:1], rising=rising)
 
 
 @pytest.mark.gpu
