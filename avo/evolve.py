@@ -212,15 +212,27 @@ class Run:
 
     def judge_deferred(self) -> None:
         """The nodes an earlier session deferred, judged side by side (one per GPU) before anything
-        new is proposed; their sources were written when they were reserved."""
+        new is proposed, from the sources written when they were reserved. A source gone or
+        changed since (its hash is on the node) is not judged: the node is recorded crashed, so a
+        file edited between sessions can never be committed under a proposal it is not."""
         nodes = self.deferred()
         if not nodes:
             return
         self.progress.event("note", message=f"judging {len(nodes)} candidate(s) the last session deferred: "
                             + ", ".join(n.id for n in nodes))
+        intact = []
         for node in nodes:
             node.extra.pop("deferred", None)
-        self.judge_batch([(node, None) for node in nodes])
+            path = Path(node.source_path)
+            text = path.read_text() if path.is_file() else None
+            if text is not None and jit.source_hash(text) == node.source_hash:
+                intact.append(node)
+                continue
+            what = "is gone" if text is None else "changed"
+            self.record(node, Verdict("crashed", "reserve", f"not judged: its source {what} after it was reserved "
+                                      f"and deferred ({path})"), text or "")
+        if intact:
+            self.judge_batch([(node, None) for node in intact])
 
     def _incumbent_and_bar(self) -> tuple[Candidate | None, float]:
         """The incumbent of the run's suite and arch, and the lower bound a ratio to it must clear."""

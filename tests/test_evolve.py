@@ -179,3 +179,41 @@ def test_stop_after_ends_the_session_with_nothing_cut_off_and_resume_goes_on(tmp
     assert "candidate budget" in json.loads((tmp_path / "run" / "state.json").read_text())["stop_reason"]
     assert main(_args(tmp_path, "--stop-after", "0")) == 2
     assert "--stop-after must be a positive number" in capsys.readouterr().err
+
+
+def test_a_deferred_candidate_edited_between_sessions_is_not_judged(tmp_path, monkeypatch):
+    """Zoo, for the deferral: a candidate reserved and deferred, then its source file rewritten
+    before the next session (a faster kernel slipped in under a knob proposal), or deleted. The
+    resumed run judges neither: each is recorded crashed with the cause; the untouched ones are
+    judged as usual."""
+    from avo import jit
+    from tests.evolve_fake import fake_evaluate
+
+    monkeypatch.setattr(jit, "current_arch", lambda: "sm_90a")
+    monkeypatch.setenv("AVO_FAKE_EVAL_SECONDS", "0.05")
+    calls = []
+
+    def slow_second_judge(source, **kwargs):
+        calls.append(source)
+        if len(calls) == 2:
+            time.sleep(3.0)
+        return fake_evaluate(source, **kwargs)
+
+    assert main(_args(tmp_path, "--candidates", "9", "--set", "evaluation.lookahead=2",
+                      "--stop-after", "2"), evaluate_fn=slow_second_judge) == 0
+    edited, deleted = Lineage.load(tmp_path / "archive").nodes("pending")
+    Path(edited.source_path).write_text(Path(edited.source_path).read_text() + "\n# faster now\n")
+    Path(deleted.source_path).unlink()
+    judged = []
+
+    def recording(source, **kwargs):
+        judged.append(Path(source).stem)
+        return fake_evaluate(source, **kwargs)
+
+    assert main(["--resume", str(tmp_path / "run")], evaluate_fn=recording) == 0
+    final = Lineage.load(tmp_path / "archive")
+    assert final.get(edited.id).status == "crashed" and "source changed after it was reserved" in \
+        final.get(edited.id).diagnosis
+    assert final.get(deleted.id).status == "crashed" and "source is gone" in final.get(deleted.id).diagnosis
+    assert edited.id not in judged and deleted.id not in judged
+    assert len(final) == 9 and not final.nodes("pending")

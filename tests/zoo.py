@@ -4,7 +4,9 @@ seed) with one realistic bug or cheat, and the verdict the cascade must give it.
 Kernel-level variants are patches of the rendered source; the patch text must exist, so a template
 change that removes it fails loudly instead of silently testing nothing. Two cheats live outside a
 kernel module (a kernel module cannot hold Python state or pick torch's stream): they wrap a
-correct compiled kernel as a callable and go straight to avo.verify.
+correct compiled kernel as a callable and go straight to avo.verify. A cheat on the run rather than
+on a kernel (a deferred candidate's source rewritten between two sessions) is a CPU test in
+tests/test_evolve.py.
 """
 
 from pathlib import Path
