@@ -133,11 +133,10 @@ def test_knob_proposals_stream_with_lookahead_candidates_per_gpu(tmp_path, monke
     assert len(recorded) == 9 and events[-1]["event"] == "stop" and "candidate budget" in events[-1]["reason"]
 
 
-def test_stop_after_ends_the_session_with_nothing_cut_off_and_resume_goes_on(tmp_path, monkeypatch, capsys):
-    """--stop-after: past it nothing new is proposed, the judge running finishes, and the candidates
-    still waiting for the GPU are deferred, not judged (a judge started then would run past the
-    job's limit: on the H100 on 2026-11-23 a paper judge took 105 s, two queued behind it were cut
-    off and recorded crashed). --resume judges the deferred ones first, then spends the rest."""
+def _session_that_defers_two(tmp_path, monkeypatch):
+    """A first session of a 9-candidate run that stops with two candidates deferred: one GPU, three
+    candidates in flight on it (lookahead 2), and the stop (2 s) inside the first judge after the
+    seed's (3 s), while the other two wait for the GPU."""
     from avo import jit
     from tests.evolve_fake import fake_evaluate
 
@@ -145,15 +144,24 @@ def test_stop_after_ends_the_session_with_nothing_cut_off_and_resume_goes_on(tmp
     monkeypatch.setenv("AVO_FAKE_EVAL_SECONDS", "0.05")
     calls = []
 
-    def slow_second_judge(source, **kwargs):  # the stop (2 s) falls inside the first judge after the seed's
+    def slow_second_judge(source, **kwargs):
         calls.append(source)
         if len(calls) == 2:
             time.sleep(3.0)
         return fake_evaluate(source, **kwargs)
 
-    # one GPU, three candidates in flight on it (lookahead 2): two reserved and waiting at the stop
     assert main(_args(tmp_path, "--candidates", "9", "--set", "evaluation.lookahead=2",
                       "--stop-after", "2"), evaluate_fn=slow_second_judge) == 0
+
+
+def test_stop_after_ends_the_session_with_nothing_cut_off_and_resume_goes_on(tmp_path, monkeypatch, capsys):
+    """--stop-after: past it nothing new is proposed, the judge running finishes, and the candidates
+    still waiting for the GPU are deferred, not judged (a judge started then would run past the
+    job's limit: on the H100 on 2026-11-23 a paper judge took 105 s, two queued behind it were cut
+    off and recorded crashed). --resume judges the deferred ones first, then spends the rest."""
+    from tests.evolve_fake import fake_evaluate
+
+    _session_that_defers_two(tmp_path, monkeypatch)
     first = Lineage.load(tmp_path / "archive")
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert "--stop-after 2 s" in state["stop_reason"] and "--resume" in state["stop_reason"]
@@ -186,21 +194,9 @@ def test_a_deferred_candidate_edited_between_sessions_is_not_judged(tmp_path, mo
     before the next session (a faster kernel slipped in under a knob proposal), or deleted. The
     resumed run judges neither: each is recorded crashed with the cause; the untouched ones are
     judged as usual."""
-    from avo import jit
     from tests.evolve_fake import fake_evaluate
 
-    monkeypatch.setattr(jit, "current_arch", lambda: "sm_90a")
-    monkeypatch.setenv("AVO_FAKE_EVAL_SECONDS", "0.05")
-    calls = []
-
-    def slow_second_judge(source, **kwargs):
-        calls.append(source)
-        if len(calls) == 2:
-            time.sleep(3.0)
-        return fake_evaluate(source, **kwargs)
-
-    assert main(_args(tmp_path, "--candidates", "9", "--set", "evaluation.lookahead=2",
-                      "--stop-after", "2"), evaluate_fn=slow_second_judge) == 0
+    _session_that_defers_two(tmp_path, monkeypatch)
     edited, deleted = Lineage.load(tmp_path / "archive").nodes("pending")
     Path(edited.source_path).write_text(Path(edited.source_path).read_text() + "\n# faster now\n")
     Path(deleted.source_path).unlink()

@@ -247,7 +247,7 @@ def test_knob_modules_load_once_for_threads_at_once():
             sys.modules.pop(name, None)
             start, results = threading.Barrier(8), []
 
-            def load():
+            def load(start=start, results=results):
                 start.wait()
                 try:
                     results.append(jit.knob_space("flash_fwd_sm90").default_knobs(AttentionSpec()).tile_m)
