@@ -133,6 +133,12 @@ def test_compiles_with_lazy_rescale():
     assert callable(compiled(spec, default_knobs(spec).replace(lazy_rescale=True)))
 
 
+@pytest.mark.parametrize("spec, split", [(AttentionSpec("bf16", 128), 8), (AttentionSpec("fp16", 256, False, 4), 2)],
+                         ids=lambda x: x.key() if isinstance(x, AttentionSpec) else str(x))
+def test_compiles_with_the_last_wave_split_over_clusters(spec, split):
+    assert callable(compiled(spec, default_knobs(spec).replace(tail_kv_split=split)))
+
+
 def test_row_sums_by_mma_compile_and_need_p_in_registers():
     spec = AttentionSpec("bf16", 128, True, 8)
     assert callable(compiled(spec, default_knobs(spec).replace(row_sum_by_mma=True)))
@@ -179,6 +185,9 @@ def test_defaults_are_implementable_and_in_space():
         (AttentionSpec("bf16", 128, False, 3), dict(pack_gqa=True), "pack_gqa"),
         (AttentionSpec("bf16", 96), dict(), "head_dim"),
         (AttentionSpec("bf16", 128), dict(tiles_per_cta=2, pingpong=True), "tiles_per_cta > 1 needs pingpong off"),
+        (AttentionSpec("bf16", 128), dict(tiles_per_cta=2, pingpong=False, tail_kv_split=2), "tiles_per_cta 1"),
+        # O in fp32 is 68 KB at d128; one stage of 64-key K/V blocks is 32 KB
+        (AttentionSpec("bf16", 128), dict(tile_n=64, num_stages=1, tail_kv_split=4), "tail_kv_split stages"),
     ],
 )
 def test_can_implement_rejects_with_reason(spec, change, words):
@@ -381,3 +390,57 @@ def test_knob_variants_match_reference(variant, causal):
     fn = compiled(spec, knobs)
     for b, sq, sk in SHAPES[:6]:
         check(fn, spec, b, sq, sk, 8, 2)
+
+
+# (batch, seqlen_q, seqlen_k, heads_q, heads_kv) by query heads per KV head: tile counts whose
+# last wave is short, so that tail_kv_split takes it (6-8 tiles: all of them; 1072 tiles: 16;
+# packed GQA 16, 32 or 64 tiles: all, 1088: 32), a last wave too long to split (1024 tiles: 100
+# left), none (1056 = 8 x 132 tiles), too few K/V blocks to split (seqlen_k 113, 255), one tile
+# (113 x 1000), ragged rows and keys.
+SPLIT_SHAPES = {
+    1: [(1, 1000, 1000, 1, 1), (1, 113, 1000, 1, 1), (2, 1000, 113, 1, 1), (2, 255, 255, 1, 1),
+        (1, 2048, 2048, 67, 67), (1, 1000, 2000, 67, 67), (1, 8192, 8192, 16, 16), (1, 4096, 4096, 33, 33)],
+    4: [(1, 500, 1000, 4, 1), (1, 1000, 1000, 4, 1), (1, 1000, 1000, 8, 2), (2, 1000, 113, 8, 2),
+        (1, 2048, 2048, 68, 17)],
+}
+
+
+def split_tail_tiles(knobs: Knobs, spec: AttentionSpec, b, sq, sk, hq, hkv) -> int:
+    """The tiles the split launch takes for a shape: the template's tail_tiles, mirrored to make
+    sure the test reaches it."""
+    packed = knobs.pack_gqa and spec.qhead_per_kvhead > 1
+    rows, heads = (sq * spec.qhead_per_kvhead, hkv) if packed else (sq, hq)
+    tiles = b * heads * -(-rows // knobs.tile_m)
+    partial, c = tiles % 132, knobs.tail_kv_split
+    return partial if partial * c <= 132 and -(-sk // knobs.tile_n) >= c else 0
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("split", [2, 4, 8])
+@pytest.mark.parametrize("spec", [AttentionSpec("bf16", 128, False, 1), AttentionSpec("fp16", 128, False, 4),
+                                  AttentionSpec("bf16", 64, False, 1), AttentionSpec("bf16", 256, False, 4)],
+                         ids=lambda s: s.key())
+def test_tail_kv_split_matches_reference(spec, split):
+    """The last wave's tiles split along the keys over a cluster and merged through distributed
+    shared memory (knob tail_kv_split): within torch's error on shapes with and without a last
+    wave to split, LSE within 2e-3; the test's shapes give every split a tail to take."""
+    knobs = default_knobs(spec).replace(tail_kv_split=split)
+    fn = compiled(spec, knobs)
+    shapes = SPLIT_SHAPES[spec.qhead_per_kvhead]
+    assert any(split_tail_tiles(knobs, spec, *s) for s in shapes), "no shape reaches the split launch"
+    for shape in shapes:
+        check(fn, spec, *shape)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("spec", [AttentionSpec("bf16", 128, False, 1), AttentionSpec("fp16", 128, False, 4),
+                                  AttentionSpec("bf16", 64, False, 1), AttentionSpec("bf16", 256, False, 4)],
+                         ids=lambda s: s.key())
+def test_kv_multicast_matches_reference(spec):
+    """Two CTAs (adjacent m blocks) sharing each K/V block through TMA multicast (knob
+    kv_multicast): every shape within torch's error, odd m-block counts included (1, 9, 33 blocks:
+    the last cluster's second CTA lies past the rows and only loads for its partner), packed GQA."""
+    fn = compiled(spec, default_knobs(spec).replace(kv_multicast=True))
+    check_every_shape(fn, spec, HEADS[spec.qhead_per_kvhead][:1])

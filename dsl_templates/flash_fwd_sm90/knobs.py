@@ -84,6 +84,23 @@ class Knobs:
     # Blackwell. The paths that rescale O after the PV GEMM only (not rescale_o_before_pv). H100
     # 2026-11-23: causal d128 +0.4-1.6% per config (v0069), d256 1.0089x (v0070): the seed table's.
     lazy_rescale: bool = False
+    # Non-causal only: the tiles of the last, partial wave (n_tiles mod NUM_SMS) are split along
+    # the keys over a cluster of this many CTAs (0: off), whose partial O and row statistics are
+    # combined through distributed shared memory (no workspace in global memory). The paper's
+    # shapes are 4096 (MHA) or 8192 (GQA) tiles on 132 SMs: 31.03 or 62.06 waves, so the last 4
+    # or 8 tiles run alone for a whole tile time (~3% / ~1.5%); split 8 ways they take ~1/8 of it.
+    # The rest of the tiles run in a launch of their own, just before. H100 2026-11-23: paper (d128,
+    # 8) 0.9994x v0069 (v0071): long full configs up to +1.5%, s4k full -0.5 to -0.8% (the second
+    # launch); hdim256 (8) 1.0008x (v0073); hdim64 (2) 1.0013x (v0074, the seed table's). The last
+    # wave cost far less than the 3% the tile count suggests (likely: the SMs do not finish in step).
+    tail_kv_split: int = 0
+    # Non-causal only: CTAs of two adjacent m blocks of a head run as a cluster and share their
+    # K/V blocks: each loads half of every block by TMA multicast into both CTAs' shared memory,
+    # which halves the K/V traffic from L2 (an estimated ~6 TB/s on the paper's d128 shapes, and
+    # the GPU runs at its power cap). Needs the 3-D grid (head_swizzle off) and one tile per CTA.
+    # H100 2026-11-23, paper vs v0069: 0.9910x [0.9884, 0.9931] (v0072), full configs -1 to -4%:
+    # the two CTAs wait on each other's releases, which costs more than the traffic saved.
+    kv_multicast: bool = False
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -113,6 +130,8 @@ SPACE: dict[str, tuple] = {
     "exp2_fma_every": (0, 2, 4, 8),
     "row_sum_by_mma": (False, True),
     "lazy_rescale": (False, True),
+    "tail_kv_split": (0, 2, 4, 8),
+    "kv_multicast": (False, True),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 
@@ -163,6 +182,11 @@ TABLE_ROWS = (
     # 1.0026x [1.0000, 1.0044] with causal configs +0.5-1.6% and full ones flat or below; causal
     # only 1.0021x [0.9998, 1.0044] (causal +0.4-1.6%), 1.023x FA4. At d64: 0.9905x (full -1.7%).
     (dict(head_dim=128, causal=True), dict(lazy_rescale=True)),
+    # The last wave split over 2-CTA clusters at d64 (H100 2026-11-23, hdim64 suite against v0052):
+    # 1.0013x [1.0009, 1.0018] (v0074): GQA full +0.7% (5472 tiles, 60 in the last wave), MHA full
+    # -0.2% (2752 tiles, 112 left: too many to split, the two launches cost). At d128 (paper, 8 CTAs)
+    # a tie, 0.9994x (v0071: s16k/s32k full up to +1.5%, s4k full -0.5 to -0.8%); d256 a tie (v0073).
+    (dict(head_dim=64, causal=False), dict(tail_kv_split=2)),
 )
 
 SPEC_FIELDS = tuple(f.name for f in fields(AttentionSpec))  # what a row may match on
