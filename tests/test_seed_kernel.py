@@ -442,5 +442,5 @@ def test_kv_multicast_matches_reference(spec):
     """Two CTAs (adjacent m blocks) sharing each K/V block through TMA multicast (knob
     kv_multicast): every shape within torch's error, odd m-block counts included (1, 9, 33 blocks:
     the last cluster's second CTA lies past the rows and only loads for its partner), packed GQA."""
-    fn = compiled(spec, default_knobs(spec).replace(kv_multicast=True))
+    fn = compiled(spec, default_knobs(spec).replace(kv_multicast=True, tail_kv_split=0))  # one or the other
     check_every_shape(fn, spec, HEADS[spec.qhead_per_kvhead][:1])

@@ -91,7 +91,8 @@ class Knobs:
     # or 8 tiles run alone for a whole tile time (~3% / ~1.5%); split 8 ways they take ~1/8 of it.
     # The rest of the tiles run in a launch of their own, just before. H100 2026-11-23: paper (d128,
     # 8) 0.9994x v0069 (v0071): long full configs up to +1.5%, s4k full -0.5 to -0.8% (the second
-    # launch); hdim256 (8) 1.0008x (v0073); hdim64 (2) 1.0013x (v0074, the seed table's). The last
+    # launch); hdim256 (8) 1.0008x (v0073); hdim64 (2) 1.0013x (v0074; v0075 with one launch where
+    # there is no last wave to split, the seed table's). The last
     # wave cost far less than the 3% the tile count suggests (likely: the SMs do not finish in step).
     tail_kv_split: int = 0
     # Non-causal only: CTAs of two adjacent m blocks of a head run as a cluster and share their
@@ -186,6 +187,8 @@ TABLE_ROWS = (
     # 1.0013x [1.0009, 1.0018] (v0074): GQA full +0.7% (5472 tiles, 60 in the last wave), MHA full
     # -0.2% (2752 tiles, 112 left: too many to split, the two launches cost). At d128 (paper, 8 CTAs)
     # a tie, 0.9994x (v0071: s16k/s32k full up to +1.5%, s4k full -0.5 to -0.8%); d256 a tie (v0073).
+    # Since, one launch when there is no last wave to split: against v0074 1.0004x [0.9999, 1.0010],
+    # MHA full +0.17% (v0075, the seed).
     (dict(head_dim=64, causal=False), dict(tail_kv_split=2)),
 )
 
