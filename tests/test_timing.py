@@ -210,8 +210,38 @@ def test_no_two_timed_launches_read_the_same_inputs():
     timed = [p for name in prints for p in prints[name][3:]]  # past each one's three calibration calls
     assert len(timed) == 2 * 8 * n
     assert len({p[1:] for p in timed}) == len(timed)  # no two launches read the same values
-    assert len({p[0] for p in timed}) == n  # n input sets, the same pointers every sample
+    for name in prints:  # n input sets of each one's, the same pointers every sample
+        assert len({p[0] for p in prints[name][3:]}) == n
     assert m.checks == 8
+
+
+@pytest.mark.gpu
+def test_the_candidate_is_checked_after_the_rounds_last_sample(monkeypatch):
+    # Checked right after its own sample, the candidate left the GPU idle before the next sample,
+    # never its own, which then ran from a cooler start: an A/A judge read a kernel 0.25% slower
+    # than itself. Its checks (the reference's rows) now come after every contender of the round.
+    from avo import verify
+
+    config, fn = _honest_kernel()
+    log = []
+
+    def logged(name):
+        def run(q, k, v, o, lse, scale):
+            log.append(name)
+            fn(q, k, v, o, lse, scale)
+        return run
+
+    reference = verify.reference
+    monkeypatch.setattr(verify, "reference", lambda *a, **kw: (log.append("check"), reference(*a, **kw))[1])
+    names = ("candidate", "incumbent", "other")
+    m = timing.measure([config], {name: {config.spec: logged(name)} for name in names}, min_rounds=8, seed=9)
+    n = m.launches[config.name]
+    timed = log[3 * 3:]  # past each one's three calibration calls
+    rounds = [timed[i:i + 3 * n + 1] for i in range(0, len(timed), 3 * n + 1)]
+    assert len(rounds) == 8 and m.checks == 8
+    for r in rounds:
+        assert r[-1] == "check" and sorted(r[:-1]) == sorted(names * n)
+    assert len({r[0] for r in rounds}) > 1  # the order is drawn every round
 
 
 @pytest.mark.gpu
