@@ -119,7 +119,8 @@ def test_compiles_without_overlap_with_smem_p():
                          ids=lambda s: s.key())
 def test_compiles_with_several_tiles_per_cta(spec):
     for own_o in (False, True):
-        knobs = default_knobs(spec).replace(tiles_per_cta=4, pingpong=False, separate_o_buffer=own_o)
+        knobs = default_knobs(spec).replace(tiles_per_cta=4, pingpong=False, separate_o_buffer=own_o,
+                                            tail_kv_split=0)
         assert callable(compiled(spec, knobs))
 
 
@@ -137,6 +138,13 @@ def test_compiles_with_lazy_rescale():
                          ids=lambda x: x.key() if isinstance(x, AttentionSpec) else str(x))
 def test_compiles_with_the_last_wave_split_over_clusters(spec, split):
     assert callable(compiled(spec, default_knobs(spec).replace(tail_kv_split=split)))
+
+
+def test_tail_pdl_compiles_with_the_split_and_means_nothing_without_it():
+    spec = AttentionSpec("bf16", 128, False, 1)
+    assert callable(compiled(spec, default_knobs(spec).replace(tail_kv_split=8, tail_pdl=True)))
+    module = load_module(default_knobs(spec).replace(tail_pdl=True))  # no split: no second launch
+    assert not module.KERNEL(spec).tail_pdl and module.KERNEL(spec).kv_split == 0
 
 
 def test_row_sums_by_mma_compile_and_need_p_in_registers():
@@ -316,7 +324,8 @@ def test_several_tiles_per_cta_match_reference(spec, tiles, own_o):
     and tile counts that tiles does not divide (3 heads x 33 m blocks; 129 packed m blocks), so that
     the last CTA takes fewer tiles, on both grid orders (non-causal 3-D, causal head-grouped); Q's
     buffer released after the epilogue's store (O staged there) or after the last QK^T (own_o)."""
-    knobs = default_knobs(spec).replace(tiles_per_cta=tiles, pingpong=False, separate_o_buffer=own_o)
+    knobs = default_knobs(spec).replace(tiles_per_cta=tiles, pingpong=False, separate_o_buffer=own_o,
+                                        tail_kv_split=0)
     fn = compiled(spec, knobs)
     check_every_shape(fn, spec, [(3, 3)] if spec.qhead_per_kvhead == 1 else [(4, 1), (8, 2)])
 
@@ -366,7 +375,7 @@ def test_row_sums_by_mma_match_reference(spec, extra):
     (AttentionSpec("bf16", 128, False, 4), {}),
     (AttentionSpec("fp16", 128, False, 1), {}),
     (AttentionSpec("bf16", 128, True, 4), dict(intra_wg_overlap=False, pingpong=False)),
-    (AttentionSpec("bf16", 128, False, 1), dict(tiles_per_cta=2, pingpong=False)),
+    (AttentionSpec("bf16", 128, False, 1), dict(tiles_per_cta=2, pingpong=False, tail_kv_split=0)),
     (AttentionSpec("bf16", 256, True, 1), {}),
     (AttentionSpec("fp16", 256, False, 4), {}),
 ], ids=lambda x: x.key() if isinstance(x, AttentionSpec) else "-".join(x) or "default")
@@ -431,6 +440,38 @@ def test_tail_kv_split_matches_reference(spec, split):
     assert any(split_tail_tiles(knobs, spec, *s) for s in shapes), "no shape reaches the split launch"
     for shape in shapes:
         check(fn, spec, *shape)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("spec, split", [(AttentionSpec("bf16", 128, False, 1), 8),
+                                         (AttentionSpec("fp16", 128, False, 4), 4),
+                                         (AttentionSpec("bf16", 64, False, 1), 2)],
+                         ids=lambda x: x.key() if isinstance(x, AttentionSpec) else str(x))
+def test_tail_pdl_matches_reference_and_ends_after_the_main_launch(spec, split):
+    """The split launch started while the main one drains (knob tail_pdl): every shape within
+    torch's error; and the forward is over when the stream's next operation runs: a copy of O
+    queued right after the call, on a shape whose main tiles (536 K/V blocks each) run far longer
+    than its 8 split tiles, finds every row written."""
+    import torch
+
+    knobs = default_knobs(spec).replace(tail_kv_split=split, tail_pdl=True)
+    fn = compiled(spec, knobs)
+    for shape in SPLIT_SHAPES[spec.qhead_per_kvhead]:
+        check(fn, spec, *shape)
+    if spec.head_dim != 128 or spec.qhead_per_kvhead != 1:
+        return
+    sq = knobs.tile_m * (4 * 132 + 8)  # 4 full waves of one head, then 8 tiles to split
+    assert split_tail_tiles(knobs, spec, 1, sq, sq, 1, 1) == 8
+    q, k, v = (torch.randn(1, sq, 1, 128, device="cuda", dtype=spec.torch_dtype) for _ in range(3))
+    lse = torch.empty(1, 1, sq, device="cuda", dtype=torch.float32)
+    for _ in range(3):
+        o = torch.full_like(q, float("nan"))
+        fn(q, k, v, o, lse, 128**-0.5)
+        seen = o.clone()  # same stream, no synchronization in between
+        torch.cuda.synchronize()
+        assert not seen.isnan().any(), "the op after the forward ran before every tile was written"
+        assert torch.equal(seen, o)
 
 
 @pytest.mark.gpu

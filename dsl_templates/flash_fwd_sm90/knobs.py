@@ -102,6 +102,12 @@ class Knobs:
     # H100 2026-11-23, paper vs v0069: 0.9910x [0.9884, 0.9931] (v0072), full configs -1 to -4%:
     # the two CTAs wait on each other's releases, which costs more than the traffic saved.
     kv_multicast: bool = False
+    # With tail_kv_split: the split launch may start while the main launch drains (programmatic
+    # dependent launch): each main CTA signals at its start, so once the last one is resident the
+    # split tiles' clusters take SMs as they free instead of after the whole main grid has ended,
+    # and the launch gap between the two goes. The two write disjoint tiles and read only inputs;
+    # each split CTA waits for the main grid before it exits, so the forward ends when both have.
+    tail_pdl: bool = False
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -133,6 +139,7 @@ SPACE: dict[str, tuple] = {
     "lazy_rescale": (False, True),
     "tail_kv_split": (0, 2, 4, 8),
     "kv_multicast": (False, True),
+    "tail_pdl": (False, True),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 
