@@ -129,6 +129,13 @@ def test_compiles_with_exp2_on_the_fma_pipes():
     assert callable(compiled(spec, default_knobs(spec).replace(exp2_fma_every=4)))
 
 
+def test_q_in_registers_compiles_to_register_sourced_qk_gemms():
+    spec = AttentionSpec("bf16", 128, False, 1)
+    module = load_module(default_knobs(spec).replace(q_in_registers=True))
+    assert module.KERNEL(spec).q_in_regs and not load_module(default_knobs(spec)).KERNEL(spec).q_in_regs
+    assert callable(compiled(spec, default_knobs(spec).replace(q_in_registers=True)))
+
+
 def test_compiles_with_lazy_rescale():
     spec = AttentionSpec("bf16", 128, False, 1)
     assert callable(compiled(spec, default_knobs(spec).replace(lazy_rescale=True)))
@@ -311,6 +318,8 @@ VARIANTS = {
     "plain": dict(intra_wg_overlap=False, pingpong=False),
     "m64": dict(tile_m=64, pingpong=False, mma_regs=256, producer_regs=56),
     "n112_3stages": dict(tile_n=112, num_stages=3),
+    "q_in_registers": dict(q_in_registers=True),
+    "q_in_registers_no_overlap": dict(q_in_registers=True, intra_wg_overlap=False),
 }
 
 

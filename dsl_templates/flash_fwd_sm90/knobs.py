@@ -108,6 +108,14 @@ class Knobs:
     # and the launch gap between the two goes. The two write disjoint tiles and read only inputs;
     # each split CTA waits for the main grid before it exits, so the forward ends when both have.
     tail_pdl: bool = False
+    # Q held in registers for the QK^T GEMM (WGMMA RS), loaded from shared memory once per tile
+    # (ldmatrix) after it lands: every K/V block's QK^T GEMM then reads only K from shared memory,
+    # 1/5 less operand traffic per block at d64 and d128 (Q 64 x d and K tile_n x d per warp group,
+    # V tile_n x d), and less energy per block on a GPU that runs at its power cap. Costs
+    # head_dim / 4 registers per thread (32 at d128; 223 of 240 used, no spills). H100 2026-11-23,
+    # paper (all d128) vs v0079: 0.9923x [0.9899, 0.9942] (v0081), GQA full -1.1 to -1.4%: the
+    # operand traffic from shared memory is not what limits the d128 loop.
+    q_in_registers: bool = False
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -140,6 +148,7 @@ SPACE: dict[str, tuple] = {
     "tail_kv_split": (0, 2, 4, 8),
     "kv_multicast": (False, True),
     "tail_pdl": (False, True),
+    "q_in_registers": (False, True),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 
