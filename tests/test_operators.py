@@ -132,14 +132,15 @@ def test_old_flat_nodes_load_and_are_parents(tmp_path):
 
 
 def test_crossover_takes_rows_from_either_parent(tmp_path):
-    a = K.SEED_TABLE.with_row({"head_dim": 128, "causal": False}, {"tile_n": 176})
-    b = K.SEED_TABLE.with_default(mma_regs=232).with_row({"head_dim": 128, "causal": False}, {"tile_n": 192})
+    row = {"head_dim": 128, "causal": False, "qhead_per_kvhead": 1}  # a row the seed table lacks
+    a = K.SEED_TABLE.with_row(row, {"tile_n": 176})
+    b = K.SEED_TABLE.with_default(mma_regs=232).with_row(row, {"tile_n": 192})
     b = b.with_row({"head_dim": 128, "qhead_per_kvhead": (4, 8)}, {"num_stages": 3})
     op = KnobOperator(FAMILY, PAPER, random.Random(0))
     children = [op._crossover(a, b) for _ in range(40)]
     for child in children:
         assert child.rows[:len(K.SEED_TABLE.rows)] == K.SEED_TABLE.rows
-        assert child.row({"head_dim": 128, "causal": False}) in ({"tile_n": 176}, {"tile_n": 192})
+        assert child.row(row) in ({"tile_n": 176}, {"tile_n": 192})
         assert child.default.mma_regs in (240, 232)
     assert {c.row({"head_dim": 128, "qhead_per_kvhead": (4, 8)}).get("num_stages") for c in children} == {3, None}
 
