@@ -155,7 +155,10 @@ class Lineage:
         (1 - COMMIT_TOLERANCE) * best / speed(incumbent), best the highest speed of the committed
         nodes of `suite` and `arch` (default: the incumbent's) and of the incumbent itself. Against
         the best so far it is 1 - COMMIT_TOLERANCE; against an incumbent committed 0.4% below the best,
-        ~0.999. None (no incumbent) or a node not in this lineage: 1 - COMMIT_TOLERANCE."""
+        ~0.999. None (no incumbent) or a node not in this lineage: 1 - COMMIT_TOLERANCE. An incumbent
+        recorded on another suite or arch stands, on this one, where the newest committed node of
+        this suite and arch with its source stands (its own chain holds another suite's ratios:
+        v0079, hdim256, set a bar of 1.0046 on paper, where its source was the best)."""
         from avo.stats import COMMIT_BAR
 
         with self.lock:
@@ -166,6 +169,12 @@ class Lineage:
             suite = attrs["suite"] if suite is None else suite
             arch = attrs["arch"] if arch is None else arch
             own = self.speed(node_id)
+            if (attrs["suite"], attrs["arch"]) != (suite, arch) and attrs.get("source_hash"):
+                same = [(a.get("committed_at") or a.get("created") or "", n) for n, a in self.graph.nodes(data=True)
+                        if a["status"] == "committed" and a["suite"] == suite and a["arch"] == arch
+                        and a.get("source_hash") == attrs["source_hash"]]
+                if same:
+                    own = self.speed(max(same)[1])
             best = max([own] + [self.speed(n) for n, a in self.graph.nodes(data=True)
                                 if a["status"] == "committed" and a["suite"] == suite and a["arch"] == arch])
             return COMMIT_BAR if best <= own else COMMIT_BAR * best / own

@@ -105,6 +105,22 @@ def test_a_fresh_chain_has_the_bare_bar_and_speeds_multiply_along_commits(tmp_pa
     assert lineage.commit_bar("v0003") == 0.995 and lineage.commit_bar("v0004") == 0.995
 
 
+def test_an_incumbent_of_another_suite_stands_where_its_source_stands_on_this_one(tmp_path):
+    lineage = Lineage(tmp_path)
+    _commit(lineage, "v0000", None, None)
+    _commit(lineage, "v0001", 0.99, "v0000", suite="gqa")  # gqa's chain starts lower
+    for node_id, suite, ratio, against in (("v0002", "mha", 1.02, "v0000"), ("v0003", "gqa", 1.0, "v0001")):
+        lineage.add(Candidate(id=node_id, parents=[against], status="committed", suite=suite, arch="sm_90a",
+                              source_hash="one kernel", extra={"ratio": ratio, "judged_against": against}),
+                    source_text="KERNEL = 'both'\n")
+    assert lineage.speed("v0003") == pytest.approx(0.99)  # its gqa chain
+    # judged on mha, v0003 is v0002's kernel: the best there, so the bare bar, not 0.995 * 1.02 / 0.99
+    assert lineage.commit_bar("v0003", "mha", "sm_90a") == 0.995
+    assert lineage.commit_bar("v0003") == 0.995  # on its own suite, its own chain: the best of gqa
+    _commit(lineage, "v0004", 1.0, "v0001", suite="gqa")  # another source on gqa: no twin on mha
+    assert lineage.commit_bar("v0004", "mha", "sm_90a") == pytest.approx(0.995 * 1.02 / 0.99)
+
+
 def test_older_nodes_derive_their_speed_from_what_they_were_timed_against(tmp_path):
     """Nodes recorded before `speed` was kept: ratio times the speed of extra["judged_against"] (or
     avo.eval's "timed_against"), recursively; 1.0 where nothing says what a node was judged against."""
