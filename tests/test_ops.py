@@ -479,6 +479,34 @@ def test_cuda_graph_replay_gives_the_same_numbers():
 
 
 @pytest.mark.gpu
+def test_a_graph_of_the_split_last_wave_launches_gives_the_same_numbers():
+    """Non-causal d128 with 4 x 68 = 2 x 132 + 8 tiles: the seed's kernel runs its last wave split
+    over clusters in a second launch that may start while the first drains (programmatic dependent
+    launch). Captured in a CUDA graph with a copy of out right behind it, the replay gives eager's
+    numbers, and the copy sees every row written."""
+    q, k, v = _inputs(1, 128 * 68, 128 * 68, 4, 4, 128)
+    ops.prepare(q, k, v, causal=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        avo.attention(q, k, v, causal=False)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = avo.attention(q, k, v, causal=False, return_lse=True)
+        seen = out.clone()
+    for t in (q, k, v):
+        t.copy_(torch.randn_like(t))
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    eager_out, eager_lse = avo.attention(q, k, v, causal=False, return_lse=True)
+    assert torch.equal(out, eager_out) and torch.equal(lse, eager_lse) and torch.equal(seen, out)
+    rows = torch.arange(0, q.shape[1], 97, device="cuda")  # non-causal: a sample of the rows is a query of its own
+    _assert_matches_reference(out[:, rows], lse[:, :, rows], q[:, rows], k, v, False, 1 / math.sqrt(128))
+
+
+@pytest.mark.gpu
 def test_calls_that_do_not_want_lse_give_the_same_out_eager_and_in_a_graph():
     """Their lse goes to the device's scratch (shared by every such call, never read): out is the same."""
     q, k, v = _inputs(2, 256, 320, 8, 2, 128)
