@@ -5,7 +5,8 @@
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh power     # work per clock vs clock, seed/FA4/cuDNN
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh ncu [KERNEL] [CONFIG]  # Nsight Compute, kernel vs FA4
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh knobs [SUITE] [ROUNDS] NAME='{json}' ... [NAME=file.py]
-#   ... ncu-mem | ncu-src | lineage | final [NODE] | eval SUITE INCUMBENT FILE... | run NAME SUITE HOURS | run-final NAME SUITE (see each mode)
+#   ... ncu-mem | ncu-src | lineage | final [NODE] | eval SUITE INCUMBENT FILE... | aa SUITE NODE | run NAME SUITE HOURS
+#   | run-final NAME SUITE (see each mode)
 set -uo pipefail
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
 export PATH=$PATH:/usr/local/cuda/bin
@@ -102,6 +103,14 @@ EOF
     done
     timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_seed_kernel.py 2>&1 | tail -3 | tee -a "$out/final.txt"
     timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_ops.py 2>&1 | tail -3 | tee -a "$out/final.txt" ;;
+  aa)  # the judge's A/A check, `aa SUITE NODE`: the node's source plus a comment (compiled apart) judged
+    # against the node; an unbiased sampler reads an interval that holds 1 (2026-11-23: 0.9976x
+    # [0.9967, 0.9985] before the candidate's checks moved to the round's end, 0.9991x [0.9968, 1.0015] after)
+    suite=$2; node=$3; copy=/tmp/aa_$node.py
+    { cat "archive/sources/$node.py"; printf '\n# A/A copy of %s (a judge check)\n' "$node"; } > "$copy"
+    timeout 560 python3 -m avo.eval "$copy" --suite "$suite" --incumbent "$node" --baselines fa4,cudnn \
+      --json "$out/aa_${node}_$suite.json" 2>&1 | grep -v Warning | grep -E "verdict|speed vs|  [a-z0-9_]+ +[0-9]" \
+      | tee -a "$out/eval.txt" ;;
   eval)  # avo.eval --json of kernel files on a suite against a node (record them here with avo.eval --record)
     suite=$2; inc=$3; shift 3
     for f in "$@"; do
