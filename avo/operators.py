@@ -103,8 +103,10 @@ class KnobOperator:
         return max(self.rng.sample(pool, min(size, len(pool))), key=lambda n: n.geomean)
 
     def _new_values(self, current) -> dict:
-        """One or two knobs given another value of SPACE than they have in `current`."""
-        names = [k for k, allowed in self.space.SPACE.items() if len(allowed) > 1]
+        """One or two knobs given another value of SPACE than they have in `current`. Knobs the
+        template lists in NOT_SEARCHED (measured and rejected where they were made for) keep theirs."""
+        skip = getattr(self.space, "NOT_SEARCHED", frozenset())
+        names = [k for k, allowed in self.space.SPACE.items() if len(allowed) > 1 and k not in skip]
         picked = self.rng.sample(names, 2 if self.rng.random() < 0.3 else 1)
         return {k: self.rng.choice([v for v in self.space.SPACE[k] if v != getattr(current, k)]) for k in picked}
 
