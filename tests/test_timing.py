@@ -86,6 +86,23 @@ def test_a_kernel_that_skips_work_once_warm_is_caught_while_timed():
 
 
 @pytest.mark.gpu
+def test_a_kernel_that_skips_work_on_the_inputs_it_is_timed_on_is_caught():
+    # The candidate warms up and calibrates on the shared inputs, then is timed on input sets of its
+    # own (so that its checks can wait for the round's end): a kernel could tell the two apart by
+    # the pointers alone and skip its work on the timed ones. Every timed launch is still checked.
+    config, fn = _honest_kernel()
+    first = {}
+
+    def pointer_watcher(q, k, v, o, lse, scale):
+        if first.setdefault("q", q.data_ptr()) == q.data_ptr():  # only on the inputs it met first
+            fn(q, k, v, o, lse, scale)
+
+    with pytest.raises(timing.TimedOutputError, match="unwritten"):
+        timing.measure([config], {"candidate": {config.spec: pointer_watcher}, "incumbent": {config.spec: fn}},
+                       seed=12)
+
+
+@pytest.mark.gpu
 def test_a_kernel_that_serves_a_cached_output_is_caught_while_timed():
     import torch
 
