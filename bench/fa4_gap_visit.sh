@@ -106,11 +106,9 @@ EOF
   aa)  # the judge's A/A check, `aa SUITE NODE`: the node's source plus a comment (compiled apart) judged
     # against the node; an unbiased sampler reads an interval that holds 1 (2026-11-23: 0.9976x
     # [0.9967, 0.9985] before the candidate's checks moved to the round's end, 0.9991x [0.9968, 1.0015] after)
-    suite=$2; node=$3; copy=/tmp/aa_$node.py
-    { cat "archive/sources/$node.py"; printf '\n# A/A copy of %s (a judge check)\n' "$node"; } > "$copy"
-    timeout 560 python3 -m avo.eval "$copy" --suite "$suite" --incumbent "$node" --baselines fa4,cudnn \
-      --json "$out/aa_${node}_$suite.json" 2>&1 | grep -v Warning | grep -E "verdict|speed vs|  [a-z0-9_]+ +[0-9]" \
-      | tee -a "$out/eval.txt" ;;
+    copy=/tmp/aa_$3.py
+    { cat "archive/sources/$3.py"; printf '\n# A/A copy of %s (a judge check)\n' "$3"; } > "$copy"
+    bash "$0" eval "$2" "$3" "$copy" ;;
   eval)  # avo.eval --json of kernel files on a suite against a node (record them here with avo.eval --record)
     suite=$2; inc=$3; shift 3
     for f in "$@"; do
