@@ -203,6 +203,10 @@ def test_defaults_are_implementable_and_in_space():
         (AttentionSpec("bf16", 128), dict(tiles_per_cta=2, pingpong=False, tail_kv_split=2), "tiles_per_cta 1"),
         # O in fp32 is 68 KB at d128; one stage of 64-key K/V blocks is 32 KB
         (AttentionSpec("bf16", 128), dict(tile_n=64, num_stages=1, tail_kv_split=4), "tail_kv_split stages"),
+        (AttentionSpec("bf16", 128), dict(p_double_buffer=True, intra_wg_overlap=False), "p_double_buffer needs"),
+        # d64's 3 warp groups at 160 registers: S 64 + O 32 + P 32 + the second P 32 = 160
+        (AttentionSpec("bf16", 64), dict(tile_m=192, mma_regs=160, producer_regs=32, p_double_buffer=True),
+         "accumulators"),
     ],
 )
 def test_can_implement_rejects_with_reason(spec, change, words):
@@ -320,6 +324,9 @@ VARIANTS = {
     "n112_3stages": dict(tile_n=112, num_stages=3),
     "q_in_registers": dict(q_in_registers=True),
     "q_in_registers_no_overlap": dict(q_in_registers=True, intra_wg_overlap=False),
+    "p_double_buffer": dict(p_double_buffer=True),
+    "prefetch_next_q": dict(prefetch_next_q=True),
+    "prefetch_next_q_swizzled": dict(prefetch_next_q=True, head_swizzle=True),
 }
 
 

@@ -111,6 +111,14 @@ class Knobs:
     # +0.8% (v0077); hdim64 1.0005x (v0078); hdim256 1.0014x, a tie (v0079). With 4-CTA clusters
     # at d128 instead of 8: 1.0002x [0.9987, 1.0017] v0079 (v0080).
     tail_pdl: bool = False
+    # With tail_kv_split: split the last wave only when each CTA of a split gets at least this many
+    # K/V blocks (a rule at run time on seqlen_k; below it the one unsplit launch). With few keys
+    # per CTA the second launch and the merge may cost more than the last wave they shorten. H100
+    # 2026-11-23, MHA full d128 (split 8, PDL) against no split, a knob A/B: s4k (4 blocks per
+    # CTA) 0.9940x, s8k (8) 1.0023x, s16k (16) 1.019x, s32k (32) 1.037x. Judged with 8 at d128
+    # (no split at s4k) on paper against v0079: 0.9994x [0.9972, 1.0014], a tie; the s4k full
+    # configs -0.04 to +0.13% (v0083, committed; bench/results/2026-11-23e_h100).
+    tail_split_min_blocks: int = 1
     # Q held in registers for the QK^T GEMM (WGMMA RS), loaded from shared memory once per tile
     # (ldmatrix) after it lands: every K/V block's QK^T GEMM then reads only K from shared memory,
     # 1/5 less operand traffic per block at d64 and d128 (Q 64 x d and K tile_n x d per warp group,
@@ -119,6 +127,25 @@ class Knobs:
     # paper (all d128) vs v0079: 0.9923x [0.9899, 0.9942] (v0081), GQA full -1.1 to -1.4%: the
     # operand traffic from shared memory is not what limits the d128 loop.
     q_in_registers: bool = False
+    # With intra_wg_overlap and P in registers: P goes to 16 bit into a second register buffer while
+    # the PV GEMM still reads the first (the two alternate from K/V block to K/V block), before the
+    # wait for that GEMM instead of after it. After the wait only O's rescale then stands between
+    # the PV GEMM landing and the next QK^T issue (the conversions read the S accumulator, which the
+    # next QK^T GEMM overwrites). Costs tile_n / 4 registers per thread (32 at d128; d64's 160
+    # cannot hold them). Compiled for d128 (2026-11-23): 64 B of stack (P spilled around the first
+    # block) and ptxas then serializes every WGMMA (a wait after each HGMMA, in every loop): the 240
+    # registers of a d128 MMA thread cannot hold a second P.
+    p_double_buffer: bool = False
+    # The producer, once its tile's first loads are issued, prefetches into L2 (TMA prefetch, no
+    # shared memory) the Q tile of the tile NUM_SMS places later in the launch order: about the
+    # tile some SM starts one tile time from now, whose first load then hits L2 instead of DRAM.
+    # Q is the one operand a tile reads that no earlier tile brought into L2 (the K/V blocks are
+    # shared by the m blocks of a head); its DRAM latency sits in every tile's start, when the
+    # SM's tensor cores wait (1 CTA per SM). One tile's Q per CTA: 16-64 KB of L2 per SM. H100
+    # 2026-11-23, paper against v0079: 0.9950x [0.9943, 0.9957] (v0084): MHA s4k full +0.3%,
+    # causal -0.4 to -1.1%, the rest -0.1 to -0.6%: a tile's start does not wait on Q's DRAM
+    # latency enough to repay the producer's extra work and the L2 it takes.
+    prefetch_next_q: bool = False
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -151,14 +178,17 @@ SPACE: dict[str, tuple] = {
     "tail_kv_split": (0, 2, 4, 8),
     "kv_multicast": (False, True),
     "tail_pdl": (False, True),
+    "tail_split_min_blocks": (1, 2, 4, 8, 16),
     "q_in_registers": (False, True),
+    "p_double_buffer": (False, True),
+    "prefetch_next_q": (False, True),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 # Knobs the knob operator leaves as they are: each was measured and lost on the suites it was made
 # for (the comment at each field says where and by how much). They stay valid values, for old
 # nodes' tables and for hand-made candidates; random search would only spend trials on them.
 NOT_SEARCHED = frozenset({"tiles_per_cta", "separate_o_buffer", "exp2_fma_every", "row_sum_by_mma",
-                          "kv_multicast", "q_in_registers"})
+                          "kv_multicast", "q_in_registers", "p_double_buffer", "prefetch_next_q"})
 assert NOT_SEARCHED <= set(SPACE)
 
 # The seed's knob table: one source serves every spec, each with its own knobs (KnobTable). Beside
@@ -220,7 +250,9 @@ TABLE_ROWS = (
     # 1.031x FA4 (v0077); hdim64 against v0075 1.0005x [1.0001, 1.0008] (v0078); hdim256 against
     # v0073 (d256 split 8 alone) 1.0014x [0.9989, 1.0039], MHA full +0.7% (v0079).
     (dict(head_dim=64, causal=False), dict(tail_kv_split=2, tail_pdl=True)),
-    (dict(head_dim=128, causal=False), dict(tail_kv_split=8, tail_pdl=True)),
+    # No split at d128 below 8 K/V blocks per CTA of a split (s4k and shorter), H100 2026-11-23,
+    # paper against v0079: 0.9994x [0.9972, 1.0014], a tie, s4k full -0.04 to +0.13% (v0083).
+    (dict(head_dim=128, causal=False), dict(tail_kv_split=8, tail_pdl=True, tail_split_min_blocks=8)),
     (dict(head_dim=256, causal=False), dict(tail_kv_split=8, tail_pdl=True)),
 )
 
