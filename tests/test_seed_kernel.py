@@ -327,6 +327,7 @@ VARIANTS = {
     "p_double_buffer": dict(p_double_buffer=True),
     "prefetch_next_q": dict(prefetch_next_q=True),
     "prefetch_next_q_swizzled": dict(prefetch_next_q=True, head_swizzle=True),
+    "row_sum_chains": dict(row_sum_chains=4),
 }
 
 

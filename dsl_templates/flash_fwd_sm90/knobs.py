@@ -146,6 +146,12 @@ class Knobs:
     # causal -0.4 to -1.1%, the rest -0.1 to -0.6%: a tile's start does not wait on Q's DRAM
     # latency enough to repay the producer's extra work and the L2 it takes.
     prefetch_next_q: bool = False
+    # The softmax row sums as this many interleaved chains of adds, summed at the end (1: one chain,
+    # TensorSSA's reduce). At d64 ptxas leaves 59 of a K/V block's 66 exp2s after the wait for the
+    # PV GEMM (FA4's kernel: 53), where ncu puts our loop's extra time (knowledge/tried.md); with 4
+    # chains it leaves 54-56. H100 2026-11-23, hdim64 against v0083: 0.9788x [0.9781, 0.9795]
+    # (v0086), every config lower: where ptxas puts the exp2s is not the whole story.
+    row_sum_chains: int = 1
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -182,13 +188,15 @@ SPACE: dict[str, tuple] = {
     "q_in_registers": (False, True),
     "p_double_buffer": (False, True),
     "prefetch_next_q": (False, True),
+    "row_sum_chains": (1, 4),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 # Knobs the knob operator leaves as they are: each was measured and lost on the suites it was made
 # for (the comment at each field says where and by how much). They stay valid values, for old
 # nodes' tables and for hand-made candidates; random search would only spend trials on them.
 NOT_SEARCHED = frozenset({"tiles_per_cta", "separate_o_buffer", "exp2_fma_every", "row_sum_by_mma",
-                          "kv_multicast", "q_in_registers", "p_double_buffer", "prefetch_next_q"})
+                          "kv_multicast", "q_in_registers", "p_double_buffer", "prefetch_next_q",
+                          "row_sum_chains"})
 assert NOT_SEARCHED <= set(SPACE)
 
 # The seed's knob table: one source serves every spec, each with its own knobs (KnobTable). Beside
