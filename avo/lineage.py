@@ -168,15 +168,15 @@ class Lineage:
             attrs = self.graph.nodes[node_id]
             suite = attrs["suite"] if suite is None else suite
             arch = attrs["arch"] if arch is None else arch
+            committed = [(n, a) for n, a in self.graph.nodes(data=True)
+                         if a["status"] == "committed" and a["suite"] == suite and a["arch"] == arch]
             own = self.speed(node_id)
             if (attrs["suite"], attrs["arch"]) != (suite, arch) and attrs.get("source_hash"):
-                same = [(a.get("committed_at") or a.get("created") or "", n) for n, a in self.graph.nodes(data=True)
-                        if a["status"] == "committed" and a["suite"] == suite and a["arch"] == arch
-                        and a.get("source_hash") == attrs["source_hash"]]
-                if same:
-                    own = self.speed(max(same)[1])
-            best = max([own] + [self.speed(n) for n, a in self.graph.nodes(data=True)
-                                if a["status"] == "committed" and a["suite"] == suite and a["arch"] == arch])
+                same = [(n, a) for n, a in committed if a.get("source_hash") == attrs["source_hash"]]
+                if same:  # the newest, as best() picks it
+                    newest, _ = max(same, key=lambda na: (na[1].get("committed_at") or na[1]["created"], na[0]))
+                    own = self.speed(newest)
+            best = max([own] + [self.speed(n) for n, _ in committed])
             return COMMIT_BAR if best <= own else COMMIT_BAR * best / own
 
     def committed_path(self, suite: str | None = None, arch: str | None = None) -> list[Candidate]:
