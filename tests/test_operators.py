@@ -134,13 +134,12 @@ def test_old_flat_nodes_load_and_are_parents(tmp_path):
 
 
 def test_mutation_leaves_the_knobs_measured_and_rejected_alone():
-    space = K
     op = KnobOperator(FAMILY, PAPER, random.Random(0))
     changed = set()
     for _ in range(400):
         changed |= set(op._new_values(K.SEED_TABLE.default))
-    assert space.NOT_SEARCHED and not changed & space.NOT_SEARCHED
-    assert changed == {k for k, v in space.SPACE.items() if len(v) > 1} - space.NOT_SEARCHED
+    assert K.NOT_SEARCHED and not changed & K.NOT_SEARCHED
+    assert changed == {k for k, v in K.SPACE.items() if len(v) > 1} - K.NOT_SEARCHED
 
 
 def test_crossover_takes_rows_from_either_parent(tmp_path):

@@ -455,18 +455,26 @@ def test_torch_compile_fullgraph_gives_the_same_numbers():
             torch.testing.assert_close(traced, eager)
 
 
-@pytest.mark.gpu
-def test_cuda_graph_replay_gives_the_same_numbers():
-    q, k, v = _inputs(2, 512, 512, 8, 2, 128)
-    ops.prepare(q, k, v, causal=True)
+def _captured(q, k, v, causal: bool, after=None):
+    """One forward captured in a CUDA graph (prepared, then warmed up on a side stream, as torch's
+    CUDA-graph docs ask), with `after(out)` captured right behind it: (graph, out, lse, its result)."""
+    ops.prepare(q, k, v, causal=causal)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up on a side stream, as torch's CUDA-graph docs ask
-        avo.attention(q, k, v, causal=True)
+    with torch.cuda.stream(side):
+        avo.attention(q, k, v, causal=causal)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out, lse = avo.attention(q, k, v, causal=True, return_lse=True)
+        out, lse = avo.attention(q, k, v, causal=causal, return_lse=True)
+        behind = after(out) if after is not None else None
+    return graph, out, lse, behind
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_gives_the_same_numbers():
+    q, k, v = _inputs(2, 512, 512, 8, 2, 128)
+    graph, out, lse, _ = _captured(q, k, v, causal=True)
     for _ in range(2):  # new numbers into the captured inputs, then replay
         for t in (q, k, v):
             t.copy_(torch.randn_like(t))
@@ -485,16 +493,7 @@ def test_a_graph_of_the_split_last_wave_launches_gives_the_same_numbers():
     launch). Captured in a CUDA graph with a copy of out right behind it, the replay gives eager's
     numbers, and the copy sees every row written."""
     q, k, v = _inputs(1, 128 * 68, 128 * 68, 4, 4, 128)
-    ops.prepare(q, k, v, causal=False)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        avo.attention(q, k, v, causal=False)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out, lse = avo.attention(q, k, v, causal=False, return_lse=True)
-        seen = out.clone()
+    graph, out, lse, seen = _captured(q, k, v, causal=False, after=torch.clone)
     for t in (q, k, v):
         t.copy_(torch.randn_like(t))
     out.fill_(float("nan"))
