@@ -29,16 +29,16 @@ def _default_knobs_before_tables(spec):
     divides tile_m; and what was measured since: d256 rescales O before the PV issue (v0043) and
     keeps v0043's waits and mask (v0050's source cost 3% there); the bitmask causal mask at d64 and
     d128 (v0052, v0053); d128 without ping-pong and causal GQA unpacked (the GQA transfer, v0056);
-    lazy rescale at d256 (v0070, in place of the rescale before the PV) and causal d128 (v0069); the
-    last wave split over 2-CTA clusters at non-causal d64 (v0074), and over 8-CTA clusters at
-    non-causal d128 and d256, its launch overlapping the main one's drain on all three (v0077-v0079),
-    and at d128 only with at least 8 K/V blocks per CTA of a split (v0083)."""
+    lazy rescale at d256 (v0070, in place of the rescale before the PV) and causal d128 (v0069),
+    both replaced by the frozen row max on every spec (v0087-v0089); the last wave split over 2-CTA
+    clusters at non-causal d64 (v0074), and over 8-CTA clusters at non-causal d128 and d256, its
+    launch overlapping the main one's drain on all three (v0077-v0079), and at d128 only with at
+    least 8 K/V blocks per CTA of a split (v0083)."""
     rows = {64: dict(tile_m=192, tile_n=128, num_stages=3, mma_regs=160, producer_regs=32),
             128: dict(tile_m=128, tile_n=128),
-            256: dict(tile_m=128, tile_n=80, try_wait_first=False, unmask_full_blocks=False,
-                      lazy_rescale=True)}
+            256: dict(tile_m=128, tile_n=80, try_wait_first=False, unmask_full_blocks=False)}
     hd = min((h for h in rows if h >= spec.head_dim), default=max(rows))
-    k = K.Knobs(**rows[hd], head_swizzle=spec.causal)
+    k = K.Knobs(**rows[hd], head_swizzle=spec.causal, frozen_row_max=True)
     if spec.qhead_per_kvhead > 1 and k.tile_m % spec.qhead_per_kvhead == 0:
         k = k.replace(pack_gqa=True)
     if hd in (64, 128):
@@ -46,7 +46,7 @@ def _default_knobs_before_tables(spec):
     if not spec.causal:
         k = k.replace(tail_kv_split=2 if hd == 64 else 8, tail_pdl=True)
     if hd == 128:
-        k = k.replace(pingpong=False, pack_gqa=k.pack_gqa and not spec.causal, lazy_rescale=spec.causal)
+        k = k.replace(pingpong=False, pack_gqa=k.pack_gqa and not spec.causal)
         if not spec.causal:
             k = k.replace(tail_split_min_blocks=8)
     return k
@@ -58,10 +58,10 @@ def test_seed_table_gives_every_spec_the_knobs_it_had():
         assert K.SEED_TABLE.for_spec(spec) == _default_knobs_before_tables(spec), spec.key()
         assert K.default_knobs(spec) == K.SEED_TABLE.for_spec(spec)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, True, 8)) == K.Knobs(
-        head_swizzle=True, pingpong=False, bitmask_causal_mask=True, lazy_rescale=True)
+        head_swizzle=True, pingpong=False, bitmask_causal_mask=True, frozen_row_max=True)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, False, 8)) == K.Knobs(
         pack_gqa=True, head_swizzle=False, pingpong=False, bitmask_causal_mask=True, tail_kv_split=8, tail_pdl=True,
-        tail_split_min_blocks=8)
+        tail_split_min_blocks=8, frozen_row_max=True)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 64, False, 3)).pack_gqa  # 3 divides 192
     assert not K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, False, 3)).pack_gqa
 
@@ -127,12 +127,15 @@ def test_load_knobs_and_load_table_read_both_forms():
     table = K.SEED_TABLE.with_row({"causal": False, "head_dim": 128, "qhead_per_kvhead": 4}, {"tile_n": 176})
     spec = AttentionSpec("bf16", 128, False, 4)
     seeded = K.Knobs(tile_n=176, pack_gqa=True, head_swizzle=False, pingpong=False, bitmask_causal_mask=True,
-                     tail_kv_split=8, tail_pdl=True, tail_split_min_blocks=8)
+                     tail_kv_split=8, tail_pdl=True, tail_split_min_blocks=8, frozen_row_max=True)
     assert jit.load_knobs(FAMILY, table.as_dict(), spec=spec) == seeded
     assert jit.load_knobs(FAMILY, {"tile_n": 176}, spec=spec) == seeded
     assert jit.load_table(FAMILY) == K.SEED_TABLE
     assert jit.load_table(FAMILY, table.as_dict()) == table
+    # a flat record (a node from before tables) is one assignment for every spec: no seed row
+    # applies, so no knob added since (frozen_row_max, a row of the seed table) turns on in it
     assert jit.load_table(FAMILY, {"tile_n": 176}) == K.KnobTable(K.Knobs(tile_n=176, head_swizzle=False), ())
+    assert not jit.load_table(FAMILY, {"tile_n": 176}).for_spec(spec).frozen_row_max
     with pytest.raises(ValueError, match="unknown knob 'tile_x'.*template flash_fwd_sm90"):
         jit.load_table(FAMILY, {"default": {"tile_x": 1}})
     assert jit.load_table("naive_attention", {"tile_n": 16}) == jit.load_knobs("naive_attention", {"tile_n": 16})

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from avo.spec import AttentionSpec  # noqa: E402
-from dsl_templates.flash_fwd_sm90.knobs import SPACE, Knobs, default_knobs  # noqa: E402
+from dsl_templates.flash_fwd_sm90.knobs import SPACE, Knobs, default_knobs, effective  # noqa: E402
 
 TEMPLATE = ROOT / "dsl_templates" / "flash_fwd_sm90" / "template.py.j2"
 
@@ -139,6 +139,25 @@ def test_q_in_registers_compiles_to_register_sourced_qk_gemms():
 def test_compiles_with_lazy_rescale():
     spec = AttentionSpec("bf16", 128, False, 1)
     assert callable(compiled(spec, default_knobs(spec).replace(lazy_rescale=True)))
+
+
+def test_frozen_row_max_compiles_and_yields_to_the_softmax_knobs_it_replaces():
+    """The knob the seed table sets everywhere; a knob that changes the overlapped loop's softmax
+    its own way wins over it, in the kernel and in knobs.effective() alike (no duplicate kernels)."""
+    spec = AttentionSpec("bf16", 64, True, 1)
+    knobs = default_knobs(spec)
+    assert knobs.frozen_row_max and load_module(knobs).KERNEL(spec).frozen_row_max
+    assert callable(compiled(spec, knobs))
+    for clash in (dict(lazy_rescale=True), dict(rescale_o_before_pv=True), dict(row_sum_chains=4),
+                  dict(exp2_fma_every=8), dict(row_sum_by_mma=True), dict(intra_wg_overlap=False, pingpong=False)):
+        k = knobs.replace(**clash)
+        assert not load_module(k).KERNEL(spec).frozen_row_max, clash
+        assert not effective(k, spec).frozen_row_max, clash
+    assert effective(knobs, spec).frozen_row_max
+    assert not effective(knobs.replace(frozen_row_max=False, frozen_over_in_place=True), spec).frozen_over_in_place
+    in_place = knobs.replace(frozen_over_in_place=True)
+    assert load_module(in_place).KERNEL(spec).frozen_over_in_place
+    assert callable(compiled(spec, in_place))
 
 
 @pytest.mark.parametrize("spec, split", [(AttentionSpec("bf16", 128), 8), (AttentionSpec("fp16", 256, False, 4), 2)],
@@ -403,6 +422,39 @@ def test_lazy_rescale_matches_reference(spec, extra, rising):
     grow toward the keys visited last (rising: rows keep taking new maxima, some rows of a warp
     do and others not), every shape within torch's error, LSE within 2e-3, empty rows -inf."""
     fn = compiled(spec, default_knobs(spec).replace(lazy_rescale=True, **extra))
+    check_every_shape(fn, spec, HEADS[spec.qhead_per_kvhead][:1], rising=rising)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("spec", [
+    AttentionSpec("bf16", 64, False, 1), AttentionSpec("bf16", 64, True, 1), AttentionSpec("fp16", 64, False, 4),
+    AttentionSpec("bf16", 128, False, 4), AttentionSpec("bf16", 128, True, 4), AttentionSpec("fp16", 128, True, 1),
+    AttentionSpec("bf16", 256, False, 1),
+], ids=lambda s: s.key())
+@pytest.mark.parametrize("rising", [0.0, 3.0, 40.0])
+def test_frozen_row_max_matches_reference(spec, rising):
+    """The unmasked blocks' softmax against the rows' standing maxima, checked by the row sums
+    (knob frozen_row_max): on N(0, 1) inputs (the standing max holds: the fast path), on logits
+    rising toward the keys visited last by a few units per block (rising 3: some blocks go over
+    and take the exact path from shared memory) and by far more than exp2's range (rising 40:
+    scores overflow to +inf against the standing max), every shape within torch's error, LSE
+    within 2e-3, rows with no key at -inf."""
+    knobs = default_knobs(spec)
+    assert knobs.frozen_row_max and not knobs.lazy_rescale and not knobs.rescale_o_before_pv
+    fn = compiled(spec, knobs)
+    check_every_shape(fn, spec, HEADS[spec.qhead_per_kvhead][:1], rising=rising)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("spec", [AttentionSpec("bf16", 64, False, 1), AttentionSpec("bf16", 128, True, 4),
+                                  AttentionSpec("fp16", 128, True, 1)], ids=lambda s: s.key())
+@pytest.mark.parametrize("rising", [0.0, 3.0, 40.0])
+def test_frozen_over_in_place_matches_reference(spec, rising):
+    """frozen_row_max with the in-place rescale where a row went over (knob frozen_over_in_place):
+    rising 3 takes it on some blocks, rising 40 overflows exp2 and takes the exact path instead."""
+    fn = compiled(spec, default_knobs(spec).replace(frozen_over_in_place=True))
     check_every_shape(fn, spec, HEADS[spec.qhead_per_kvhead][:1], rising=rising)
 
 

@@ -152,6 +152,26 @@ class Knobs:
     # chains it leaves 54-56. H100 2026-11-23, hdim64 against v0083: 0.9788x [0.9781, 0.9795]
     # (v0086), every config lower: where ptxas puts the exp2s is not the whole story.
     row_sum_chains: int = 1
+    # The overlapped loop's unmasked K/V blocks take no row max: P = exp2(S - m) with m each row's
+    # max as the blocks before left it (the first block and the masked ones take theirs), and each
+    # thread's sum of a row's P values then checks that no P exceeded FROZEN_MAX_SUM_LIMIT (an
+    # upper bound on every one of them; +inf when a score overflowed the exp2). Where a row of the
+    # warp went over, the warp computes that block's scores again from Q and K in shared memory
+    # and takes the exact online softmax (new max, O and the sums rescaled); softmax is exact for
+    # any reference m, so the result only differs in rounding. Drops per K/V block and thread the
+    # row max (64 FMNMX at tile_n 128, its shuffles), the rescale factor's exp2 and O's rescale (32
+    # FMULs at d64, 64 at d128); rows whose max keeps rising pay the slow path instead. Yields to
+    # lazy_rescale, rescale_o_before_pv, row_sum_by_mma, p_double_buffer, exp2_fma_every,
+    # row_sum_chains and intra_wg_overlap off, which change that softmax their own way (effective()).
+    frozen_row_max: bool = False
+    # With frozen_row_max: a warp where some row went over, but no score overflowed exp2, moves
+    # each such row's reference up by its largest P's power of two (P, the row sums and O scaled
+    # once, about 150 instructions) instead of recomputing the block's scores from shared memory
+    # one fp32 FMA at a time (about 18k instructions per thread at d64). Inputs where a key far
+    # above the rest arrives late in a row's visit (an attention sink: key 0 is visited last)
+    # take the slow path once per tile. Compiled only (2026-11-23, sixth session: the fast path
+    # keeps 316 instructions at d64); not yet run on a GPU, so not searched.
+    frozen_over_in_place: bool = False
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -189,6 +209,8 @@ SPACE: dict[str, tuple] = {
     "p_double_buffer": (False, True),
     "prefetch_next_q": (False, True),
     "row_sum_chains": (1, 4),
+    "frozen_row_max": (False, True),
+    "frozen_over_in_place": (False, True),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 # Knobs the knob operator leaves as they are: each was measured and lost on the suites it was made
@@ -196,7 +218,7 @@ assert set(SPACE) == {f.name for f in fields(Knobs)}
 # nodes' tables and for hand-made candidates; random search would only spend trials on them.
 NOT_SEARCHED = frozenset({"tiles_per_cta", "separate_o_buffer", "exp2_fma_every", "row_sum_by_mma",
                           "kv_multicast", "q_in_registers", "p_double_buffer", "prefetch_next_q",
-                          "row_sum_chains"})
+                          "row_sum_chains", "frozen_over_in_place"})
 assert NOT_SEARCHED <= set(SPACE)
 
 # The seed's knob table: one source serves every spec, each with its own knobs (KnobTable). Beside
@@ -210,6 +232,12 @@ assert NOT_SEARCHED <= set(SPACE)
 # 573-605, 555-627, 438-472).
 TABLE_DEFAULT = Knobs(head_swizzle=False)
 TABLE_ROWS = (
+    # frozen_row_max on every spec (H100 2026-11-23, sixth session, each against v0083 on its suite):
+    # hdim64 1.0635x [1.0627, 1.0642] (v0087, 1.046x FA4), paper (d128, in place of lazy rescale on
+    # causal) 1.0298x [1.0276, 1.0314] (v0088, 1.062x FA4), hdim256 (in place of lazy rescale)
+    # 1.0053x [1.0019, 1.0072] (v0089, 1.019x FA4). A row, not the default: a knob record that
+    # predates the knob (a lineage node's table or flat knobs) reads the default for it, off.
+    (dict(), dict(frozen_row_max=True)),
     # FA4's d64 tile. H200 2026-11-22 (bench/seed_vs_fa4.py, MHA 16h s8k bf16, TFLOPS):
     # full 524 vs FA4 534 (0.98x), causal 476 vs 496 (0.96x); tile_m 128 (240 regs): 427 / 442.
     # 3 stages: H100 2026-11-22, hdim64 suite vs v0043, 0.9997x [0.9993, 1.0002] (a tie, v0045), kept
@@ -224,9 +252,9 @@ TABLE_ROWS = (
     # H100 2026-11-22, hdim256 suite, judged against v0041 (lineage v0043): 1.0441x [1.0401, 1.0486],
     # 0.9943x FA4 (v0041 was 0.959x), 1.144x cuDNN.
     # Lazy rescale instead (issue 13, H100 2026-11-23, against v0043): O rescaled after the PV
-    # GEMM only when a row's max moved by more than 2^8, 1.0089x [1.0012, 1.0128], 1.0061x FA4.
-    (dict(head_dim=256), dict(tile_n=80, try_wait_first=False, unmask_full_blocks=False,
-                              lazy_rescale=True)),
+    # GEMM only when a row's max moved by more than 2^8, 1.0089x [1.0012, 1.0128], 1.0061x FA4;
+    # since replaced by frozen_row_max (the first row), which drops the rescale and the max.
+    (dict(head_dim=256), dict(tile_n=80, try_wait_first=False, unmask_full_blocks=False)),
     # The head-grouped CTA order for causal only. H200 2026-11-22, d128 s8k/s16k: non-causal with
     # it 579-611 TFLOPS vs 632-663 without; causal without it 579-628 vs 599-614 with, a wash.
     (dict(causal=True), dict(head_swizzle=True)),
@@ -245,7 +273,8 @@ TABLE_ROWS = (
     # Lazy rescale on causal d128 (H100 2026-11-23, paper suite against v0056): on all of d128
     # 1.0026x [1.0000, 1.0044] with causal configs +0.5-1.6% and full ones flat or below; causal
     # only 1.0021x [0.9998, 1.0044] (causal +0.4-1.6%), 1.023x FA4. At d64: 0.9905x (full -1.7%).
-    (dict(head_dim=128, causal=True), dict(lazy_rescale=True)),
+    # Its row, (dict(head_dim=128, causal=True), dict(lazy_rescale=True)), went when frozen_row_max
+    # (the first row) replaced it: 1.0298x on paper against v0083, causal configs +1.8-3.3%.
     # The last wave split over 2-CTA clusters at d64 (H100 2026-11-23, hdim64 suite against v0052):
     # 1.0013x [1.0009, 1.0018] (v0074): GQA full +0.7% (5472 tiles, 60 in the last wave), MHA full
     # -0.2% (2752 tiles, 112 left: too many to split, the two launches cost). At d128 (paper, 8 CTAs)
@@ -401,9 +430,19 @@ SEED_TABLE = KnobTable(TABLE_DEFAULT, TABLE_ROWS)
 
 
 def effective(knobs: Knobs, spec) -> Knobs:
-    """The knobs as the kernel acts on them for `spec`: pack_gqa means nothing without GQA. Two
-    assignments equal here compile to the same kernel (the knob operator never proposes both)."""
-    return knobs.replace(pack_gqa=False) if spec.qhead_per_kvhead == 1 else knobs
+    """The knobs as the kernel acts on them for `spec`: pack_gqa means nothing without GQA, and
+    frozen_row_max yields to a knob that changes the overlapped loop's softmax another way (the
+    template's frozen_row_max_yields), and frozen_over_in_place means nothing without it. Two assignments equal here compile to the same kernel (the
+    knob operator never proposes both)."""
+    if spec.qhead_per_kvhead == 1:
+        knobs = knobs.replace(pack_gqa=False)
+    if knobs.frozen_row_max and (not knobs.intra_wg_overlap or knobs.lazy_rescale or knobs.rescale_o_before_pv
+                                 or knobs.row_sum_by_mma or knobs.p_double_buffer or knobs.exp2_fma_every > 0
+                                 or knobs.row_sum_chains > 1):
+        knobs = knobs.replace(frozen_row_max=False)
+    if knobs.frozen_over_in_place and not knobs.frozen_row_max:
+        knobs = knobs.replace(frozen_over_in_place=False)
+    return knobs
 
 
 def default_knobs(spec) -> Knobs:
