@@ -177,12 +177,14 @@ Call tools through the API's tool calls. If you cannot, write exactly one JSON o
 
 
 def first_message(lineage, parent_id: str | None, candidate: Path, budget: StepBudget | None, directions: str,
-                  notes: list[tuple[str, str]] = (), machine: str = "") -> str:
-    """The step's opening brief: candidate, incumbent, recent attempts, budget, the earlier steps'
-    notes and the supervisor's directions (the MCP server serves the same text as a resource)."""
+                  notes: list[tuple[str, str]] = (), machine: str = "", suite: str | None = None,
+                  arch: str | None = None) -> str:
+    """The step's opening brief: candidate, incumbent (the suite's, where it has one), recent
+    attempts, budget, the earlier steps' notes and the supervisor's directions (the MCP server
+    serves the same text as a resource)."""
     parts = [f"Candidate file: {candidate.name} (parent: {parent_id or 'none'})."]
     if lineage is not None and len(lineage):
-        best = lineage.best()
+        best = lineage.best(suite, arch) or lineage.best()
         if best is not None:
             parts.append(f"Incumbent: {best.id}, geomean {best.geomean:.1f} TFLOPS.")
         if parent_id and parent_id in lineage:
@@ -326,7 +328,7 @@ def run_agent_step(endpoint: EndpointConfig, lineage, workbench: Workbench, cand
                             refused=result.refused, errors=result.errors)
         client = client or make_client(endpoint)
         notes = tools.previous_notes(notes_dir, exclude=node_id)
-        brief = first_message(lineage, parent_id, candidate, budget, directions, notes, machine)
+        brief = first_message(lineage, parent_id, candidate, budget, directions, notes, machine, suite, arch)
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": brief}]
         record({"role": "system", "content": SYSTEM_PROMPT[:600] + " [...]"})
         record({"role": "user", "content": messages[1]["content"]})

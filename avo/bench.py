@@ -27,7 +27,8 @@ __all__ = ["main"]
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m avo.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kernel", default="best", help="'best' (archive), a node id, a .py file or a template")
+    parser.add_argument("--kernel", default="best", help="'best' (the archive's newest committed node of the "
+                        "suite, else of any suite), a node id, a .py file or a template")
     parser.add_argument("--suite", default="paper")
     parser.add_argument("--archive", default="archive")
     parser.add_argument("--baselines", default=",".join(BASELINES))
@@ -43,8 +44,8 @@ def main(argv=None) -> int:
     try:
         suite = load_suite(args.suite)
         lineage = Lineage.load(args.archive)
-        source, label = _resolve(args.kernel, lineage)
-        compare, compare_label = _resolve(args.compare, lineage) if args.compare else (None, None)
+        source, label = _resolve(args.kernel, lineage, args.suite)
+        compare, compare_label = _resolve(args.compare, lineage, args.suite) if args.compare else (None, None)
     except (SuiteError, LineageError, FileNotFoundError, jit.CompileError) as exc:
         print(f"avo.bench: {exc}", file=sys.stderr)
         return 2
@@ -74,14 +75,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def _resolve(what: str, lineage: Lineage) -> tuple[Path, str]:
+def _resolve(what: str, lineage: Lineage, suite: str | None = None) -> tuple[Path, str]:
     """(source, label) for 'best', a node id, a .py file or a template name (a template directory:
-    benchmarked with its seed table's knobs for each spec)."""
+    benchmarked with its seed table's knobs for each spec). 'best' is the newest committed node of
+    `suite` where it has one (nodes committed on other suites were judged on other shapes: the
+    hdim256 best may carry the d128 kernels of an older node), else the archive's newest."""
     from avo import jit
     from avo.eval import resolve_source
 
     if what == "best":
-        best = lineage.best()
+        best = (lineage.best(suite) if suite else None) or lineage.best()
         if best is None:
             raise LineageError(f"{lineage.root} has no committed kernel; pass --kernel flash_fwd_sm90")
         return resolve_source(best.id, lineage)[0], best.id

@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="sm_90a", help="comma-separated: sm_90a,sm_100a")
     parser.add_argument("--compile-only", action="store_true", help="compile and report; run nothing")
     parser.add_argument("--archive", default="archive")
-    parser.add_argument("--incumbent", default="best", help="'best' (the archive's), 'none', a node or a file")
+    parser.add_argument("--incumbent", default="best", help="'best' (the archive's newest commit on the suite, "
+                        "else on any suite), 'none', a node or a file")
     parser.add_argument("--baselines", default="", help="comma-separated: fa4,cudnn,fa2")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole cascade")
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         lineage = Lineage.load(args.archive)
         load_suite(args.suite)
         source, node_id = resolve_source(args.kernel, lineage)
-        incumbent, incumbent_id = _incumbent(args.incumbent, lineage, arch)
+        incumbent, incumbent_id = _incumbent(args.incumbent, lineage, arch, args.suite)
         if args.parent:
             lineage.get(args.parent)  # an unknown id fails here, before anything runs
         _check_recordable(args, lineage, incumbent_id, arch)
@@ -151,11 +152,14 @@ def _check_recordable(args, lineage: Lineage, incumbent_id: str | None, arch: st
                            f"not {args.incumbent!r}")
 
 
-def _incumbent(choice: str, lineage: Lineage, arch: str) -> tuple[str | None, str | None]:
+def _incumbent(choice: str, lineage: Lineage, arch: str, suite: str | None = None) -> tuple[str | None, str | None]:
     if choice == "none":
         return None, None
-    if choice == "best":  # the newest commit measured on this arch: an sm_90a node is no incumbent on a B200
-        best = lineage.best(arch=arch)
+    if choice == "best":
+        # the newest commit measured on this arch (an sm_90a node is no incumbent on a B200) and on
+        # this suite where there is one: a node committed on another suite may carry this suite's
+        # specs as an older node left them (the hdim256 best's d128 kernels)
+        best = (lineage.best(suite, arch) if suite else None) or lineage.best(arch=arch)
         return (str(resolve_source(best.id, lineage)[0]), best.id) if best else (None, None)
     source, node_id = resolve_source(choice, lineage)
     return str(source), node_id

@@ -190,7 +190,7 @@ def _need_lineage(ctx: Context):
 
 def t_list_lineage(ctx: Context):
     lineage = _need_lineage(ctx)
-    best = lineage.best()
+    best = lineage.best(ctx.suite, ctx.arch) or lineage.best()  # the suite's incumbent where it has one
     rows = [{"id": n.id, "parents": n.parents, "operator": n.operator, "status": n.status,
              "geomean": round(n.geomean, 2), "diagnosis": n.diagnosis[:200], "rationale": n.rationale[:200]}
             for n in lineage.nodes()]
@@ -735,7 +735,8 @@ def t_profile(ctx: Context, config: str = "", incumbent: bool = True):
         raise ToolError(f"no {ctx.arch} GPU here: profile runs the kernel")
     shape = _spec_for(ctx, config)
     versions = [("candidate", ctx.candidate)]
-    best = ctx.lineage.best() if incumbent and ctx.lineage is not None else None
+    best = (ctx.lineage.best(ctx.suite, ctx.arch) or ctx.lineage.best()) if incumbent and ctx.lineage is not None \
+        else None
     if best is not None:
         path = Path(ctx.run_dir or ctx.candidate.parent) / "versions" / f"{best.id}.py"
         path.parent.mkdir(parents=True, exist_ok=True)

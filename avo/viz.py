@@ -71,8 +71,8 @@ def _color(status: str) -> str:
     return STATUS_COLORS.get(status, OTHER_COLOR)
 
 
-def _path_edges(lineage: Lineage) -> set[tuple[str, str]]:
-    path = [c.id for c in lineage.committed_path()]
+def _path_edges(lineage: Lineage, suite: str | None = None) -> set[tuple[str, str]]:
+    path = [c.id for c in lineage.committed_path(suite)]
     return set(zip(path, path[1:], strict=False))
 
 
@@ -80,9 +80,9 @@ def _path_edges(lineage: Lineage) -> set[tuple[str, str]]:
 # text
 
 
-BEST = ("best = the incumbent, the newest committed node: a node is committed only when its speed ratio to "
-        "the incumbent of its time, measured side by side in the same run, passes the commit rule; geomeans "
-        "from different runs drift and are not compared")
+BEST = ("best = the incumbent of its suite, the suite's newest committed node: a node is committed only when "
+        "its speed ratio to the incumbent of its time, measured side by side in the same run, passes the commit "
+        "rule; geomeans from different runs drift and are not compared")
 
 
 def _ratio(c) -> str:
@@ -95,8 +95,10 @@ def _ratio(c) -> str:
 
 def table(lineage: Lineage, width: int = 60) -> str:
     """A fixed-width table, one row per node in creation order (the incumbent marked `*`), then
-    what "best" means: the ratio column, not the geomeans of different runs, decided each commit."""
-    best = lineage.best()
+    what "best" means: the ratio column, not the geomeans of different runs, decided each commit.
+    Each suite's incumbent is marked: nodes committed on different suites hold different kernels."""
+    suites = {c.suite for c in lineage.nodes("committed")}
+    marked = {b.id for b in (lineage.best(suite) for suite in suites) if b is not None}
     rows = [("id", "parents", "operator", "suite", "status", "geomean", "vs FA4", "ratio", "diagnosis")]
     for c in lineage.nodes():
         fa4 = _baseline_geomean(c, "fa4")
@@ -106,13 +108,13 @@ def table(lineage: Lineage, width: int = 60) -> str:
             diagnosis = diagnosis[:width - 3] + "..."
         author = str(c.extra.get("author", "")).split(" (")[0].split(",")[0].strip()
         operator = f"{c.operator}:{author}" if author else c.operator  # who made a hand edit
-        rows.append((c.id + ("*" if best and c.id == best.id else ""), ",".join(c.parents) or "-", operator,
+        rows.append((c.id + ("*" if c.id in marked else ""), ",".join(c.parents) or "-", operator,
                      c.suite or "-", c.status, f"{c.geomean:.1f}" if c.geomean else "-", ratio, _ratio(c),
                      diagnosis))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(f"{r[i]:<{w}}" for i, w in enumerate(widths)) + "  " + r[-1] for r in rows]
     lines.append("")
-    lines.append(f"* {BEST}." if best else "no committed node yet.")
+    lines.append(f"* {BEST}." if marked else "no committed node yet.")
     lines.append("ratio: speed vs the incumbent of its time in the same run [95% CI]; geomean: TFLOPS of its "
                  "own run; vs FA4: geomean over FA4's in that run.")
     return "\n".join(lines)
@@ -237,9 +239,10 @@ def _view(lineage: Lineage, hide=(), fold: bool = False):
     return graph, shown, folded
 
 
-def draw_lineage(lineage: Lineage, hide=(), fold: bool = False):
+def draw_lineage(lineage: Lineage, hide=(), fold: bool = False, suite: str | None = None):
     """The graph by generation (top to bottom), a matplotlib Figure. Node area grows with geomean
-    TFLOPS, the label gives it; the committed path has heavy blue edges and outlined nodes.
+    TFLOPS, the label gives it; the committed path (to the best of `suite`, or to the newest
+    commit) has heavy blue edges and outlined nodes.
     `hide` drops nodes of those statuses ("failed" = every failure), `fold` shows them as one
     counted node per parent and status. Past MAX_WIDTH_IN the figure stops growing and nodes
     shrink; past LABEL_LIMIT nodes only committed ones are labelled, so 500 nodes stay legible."""
@@ -263,8 +266,8 @@ def draw_lineage(lineage: Lineage, hide=(), fold: bool = False):
 
     ax = fig.add_subplot()
     top = max((c.geomean for c in nodes), default=0.0) or 1.0
-    path = _path_edges(lineage)
-    on_path = {c.id for c in lineage.committed_path()}
+    path = _path_edges(lineage, suite)
+    on_path = {c.id for c in lineage.committed_path(suite)}
     sizes = [shrink * (500 + 1500 * c.geomean / top) for c in nodes] + [shrink * 300] * len(folded)
     colors = [_color(c.status) for c in nodes] + [_color(status) for status, _ in folded.values()]
     edges = list(graph.edges)
@@ -285,15 +288,16 @@ def draw_lineage(lineage: Lineage, hide=(), fold: bool = False):
                for s in present]
     handles.append(Line2D([], [], color=PATH_COLOR, linewidth=3, label="committed path"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    best = lineage.best()
+    best = lineage.best(suite) if suite else lineage.best()
     hidden_note = ""
     if hide:
         count = len(lineage) - len(nodes)
         hidden_note = f"; {count} {'/'.join(sorted(hide))} {'folded' if fold else 'hidden'}"
     fig.suptitle(f"lineage: {len(lineage)} candidates, {len(on_path)} on the committed path{hidden_note} "
                  f"(label: geomean TFLOPS of its own run)\n"
-                 + (f"best = {best.id}: the newest committed node; each commit passed a same-run speed ratio "
-                    "to the incumbent of its time" if best else "nothing committed yet"), fontsize=9)
+                 + (f"best{' on ' + suite if suite else ''} = {best.id}: the newest committed node; each commit "
+                    "passed a same-run speed ratio to the incumbent of its time" if best else "nothing committed yet"),
+                 fontsize=9)
     ax.margins(0.12)
     ax.set_axis_off()
     return fig
@@ -361,7 +365,7 @@ def plot(lineage: Lineage, out_dir: str | Path, hide=(), fold: bool = False, sui
     something is committed (on `suite`, when given), trajectory.{png,svg}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = {"lineage": draw_lineage(lineage, hide, fold)}
+    figures = {"lineage": draw_lineage(lineage, hide, fold, suite)}
     if lineage.committed_path(suite):
         figures["trajectory"] = draw_trajectory(lineage, suite)
     written = []

@@ -234,7 +234,7 @@ class AgentStep:
 
         notes = tools.previous_notes(self.run.dir / "notes", exclude=self.node.id)
         return first_message(self.run.lineage, self.parent, self.candidate, None, self.directions, notes,
-                             self.machine)
+                             self.machine, self.run.config.suite, self.run.config.arch)
 
     def discard(self) -> None:
         """Forget a step that never reached the model: no node, no candidate file, no transcript."""

@@ -42,6 +42,13 @@ def test_resolve_best_and_errors(tmp_path):
     lineage.add(Candidate(id="v0000", status="committed"), source_text="KERNEL = 1\n")
     lineage.add(Candidate(id="v0001", parents=["v0000"], status="committed"), source_text="KERNEL = 2\n")
     assert _resolve("best", lineage) == (tmp_path / "sources" / "v0001.py", "v0001")
+    # with suites: the suite's newest committed node, else the archive's newest
+    lineage.add(Candidate(id="v0002", parents=["v0001"], status="committed", suite="paper"), source_text="K = 3\n")
+    lineage.add(Candidate(id="v0003", parents=["v0001"], status="committed", suite="hdim64"), source_text="K = 4\n")
+    lineage.add(Candidate(id="v0004", parents=["v0002"], status="rejected", suite="paper"), source_text="K = 5\n")
+    assert _resolve("best", lineage, "paper")[1] == "v0002"
+    assert _resolve("best", lineage, "hdim64")[1] == "v0003"
+    assert _resolve("best", lineage, "gqa")[1] == "v0003"
     assert _resolve("flash_fwd_sm90", lineage)[1] == "flash_fwd_sm90"
     with pytest.raises(FileNotFoundError, match="neither a kernel file"):
         _resolve("v9999", lineage)

@@ -166,6 +166,32 @@ def test_submit_judges_with_the_lineages_commit_bar_for_the_incumbent(tmp_path, 
     assert asked[-1] == ("v0000.py", 0.995)
 
 
+def test_the_best_incumbent_is_the_suites_own_newest_commit(tmp_path, monkeypatch):
+    """Nodes committed on different suites carry different kernels for a suite's specs (the hdim64
+    best may hold an older node's d128 kernels): --incumbent best on a suite is that suite's newest
+    commit, and the archive's newest only where the suite has none."""
+    from avo import eval as eval_cli
+    from avo.evaluate import Verdict
+
+    lineage = _archive(tmp_path)
+    lineage.update("v0000", suite="mha", arch="sm_90a")
+    flash = jit.render("flash_fwd_sm90", jit.load_knobs("flash_fwd_sm90"))
+    for node_id, suite in (("v0001", "mha"), ("v0002", "hdim64")):
+        lineage.add(Candidate(id=node_id, parents=["v0000"], status="committed", template="flash_fwd_sm90",
+                              suite=suite, arch="sm_90a", extra={"ratio": 1.01, "judged_against": "v0000"}),
+                    flash.read_text())
+    asked = []
+
+    def evaluate(source, incumbent=None, commit_bar=None, **_):
+        asked.append(Path(incumbent).name)
+        return Verdict("rejected", "done", "below the commit bar")
+
+    monkeypatch.setattr(eval_cli, "evaluate", evaluate)
+    for suite, incumbent in (("mha", "v0001.py"), ("hdim64", "v0002.py"), ("gqa", "v0002.py")):
+        eval_cli.main([str(flash), "--archive", str(lineage.root), "--suite", suite])
+        assert asked[-1] == incumbent, suite
+
+
 def test_a_commit_is_recorded_only_when_judged_against_a_node_of_the_lineage(tmp_path, monkeypatch, capsys):
     """Against a file or nothing, a recorded commit would start a chain of its own at speed 1.0 and
     step round the commit bar: once the arch has a commit, --submit and --record refuse both."""

@@ -159,6 +159,10 @@ def test_table_has_ratio_vs_fa4_same_run_ratio_best_and_truncated_diagnosis(line
     assert row["v0006"].split()[1] == "v0005,v0004" and row["v0006"].split()[5:8] == ["-", "-", "-"]
     assert row["v0003"].endswith("x" * 57 + "...")
     assert lines[-2] == f"* {viz.BEST}." and "newest committed node" in viz.BEST
+    # each suite's incumbent is marked: an older commit of another suite keeps its mark
+    lineage.update("v0002", suite="hdim64")
+    marks = [line.split()[0] for line in viz.table(lineage).splitlines()[1:1 + len(NODES)] if "*" in line.split()[0]]
+    assert marks == ["v0002*", "v0005*"]
     lineage.update("v0004", operator="manual", extra={"author": "Ada (a person), by hand"})
     assert viz.table(lineage).splitlines()[5].split()[2] == "manual:Ada"  # who made a hand edit
 
