@@ -96,12 +96,13 @@ EOF
     submit $a/table_grid3d_cvt_ssa.py paper "$c" "the seed's per-spec knob table (GQA packed, causal swizzled) with grid3d + opaque cvt + vector softmax, all specs" >/dev/null
     python3 -m avo.lineage --archive "$arch_dir" show 2>&1 | tail -12 ;;
   final)  # the committed best against FA4/cuDNN on the paper, hdim64 and hdim256 suites, then GPU tests
-    best=${2:-v0041}
+    # (NODE, or "best": each suite's own newest commit)
+    best=${2:-best}
     for suite in paper hdim64 hdim256; do
       timeout 200 python3 -m avo.bench --kernel "$best" --suite $suite --baselines fa4,cudnn --rounds 16 \
         --out "$out/bench_${best}_$suite.json" 2>&1 | grep -v Warning | tail -4 | tee -a "$out/final.txt"
     done
-    timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_seed_kernel.py 2>&1 | tail -3 | tee -a "$out/final.txt"
+    timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_seed_kernel.py -k "test_matches_reference or frozen" 2>&1 | tail -3 | tee -a "$out/final.txt"
     timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_ops.py 2>&1 | tail -3 | tee -a "$out/final.txt" ;;
   aa)  # the judge's A/A check, `aa SUITE NODE`: the node's source plus a comment (compiled apart) judged
     # against the node; an unbiased sampler reads an interval that holds 1 (2026-11-23: 0.9976x
