@@ -430,10 +430,10 @@ SEED_TABLE = KnobTable(TABLE_DEFAULT, TABLE_ROWS)
 
 
 def effective(knobs: Knobs, spec) -> Knobs:
-    """The knobs as the kernel acts on them for `spec`: pack_gqa means nothing without GQA, and
+    """The knobs as the kernel acts on them for `spec`: pack_gqa means nothing without GQA,
     frozen_row_max yields to a knob that changes the overlapped loop's softmax another way (the
-    template's frozen_row_max_yields), and frozen_over_in_place means nothing without it. Two assignments equal here compile to the same kernel (the
-    knob operator never proposes both)."""
+    template's frozen_row_max_yields), and frozen_over_in_place means nothing without it. Two
+    assignments equal here compile to the same kernel (the knob operator never proposes both)."""
     if spec.qhead_per_kvhead == 1:
         knobs = knobs.replace(pack_gqa=False)
     if knobs.frozen_row_max and (not knobs.intra_wg_overlap or knobs.lazy_rescale or knobs.rescale_o_before_pv
