@@ -84,7 +84,7 @@ def _resolve(what: str, lineage: Lineage, suite: str | None = None) -> tuple[Pat
     from avo.eval import resolve_source
 
     if what == "best":
-        best = (lineage.best(suite) if suite else None) or lineage.best()
+        best = lineage.best(suite) or lineage.best()
         if best is None:
             raise LineageError(f"{lineage.root} has no committed kernel; pass --kernel flash_fwd_sm90")
         return resolve_source(best.id, lineage)[0], best.id

@@ -159,7 +159,7 @@ def _incumbent(choice: str, lineage: Lineage, arch: str, suite: str | None = Non
         # the newest commit measured on this arch (an sm_90a node is no incumbent on a B200) and on
         # this suite where there is one: a node committed on another suite may carry this suite's
         # specs as an older node left them (the hdim256 best's d128 kernels)
-        best = (lineage.best(suite, arch) if suite else None) or lineage.best(arch=arch)
+        best = lineage.best(suite, arch) or lineage.best(arch=arch)
         return (str(resolve_source(best.id, lineage)[0]), best.id) if best else (None, None)
     source, node_id = resolve_source(choice, lineage)
     return str(source), node_id

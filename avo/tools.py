@@ -735,8 +735,9 @@ def t_profile(ctx: Context, config: str = "", incumbent: bool = True):
         raise ToolError(f"no {ctx.arch} GPU here: profile runs the kernel")
     shape = _spec_for(ctx, config)
     versions = [("candidate", ctx.candidate)]
-    best = (ctx.lineage.best(ctx.suite, ctx.arch) or ctx.lineage.best()) if incumbent and ctx.lineage is not None \
-        else None
+    best = None
+    if incumbent and ctx.lineage is not None:
+        best = ctx.lineage.best(ctx.suite, ctx.arch) or ctx.lineage.best()
     if best is not None:
         path = Path(ctx.run_dir or ctx.candidate.parent) / "versions" / f"{best.id}.py"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,7 @@ def table(lineage: Lineage, width: int = 60) -> str:
     what "best" means: the ratio column, not the geomeans of different runs, decided each commit.
     Each suite's incumbent is marked: nodes committed on different suites hold different kernels."""
     suites = {c.suite for c in lineage.nodes("committed")}
-    marked = {b.id for b in (lineage.best(suite) for suite in suites) if b is not None}
+    marked = {lineage.best(suite).id for suite in suites}
     rows = [("id", "parents", "operator", "suite", "status", "geomean", "vs FA4", "ratio", "diagnosis")]
     for c in lineage.nodes():
         fa4 = _baseline_geomean(c, "fa4")
@@ -288,7 +288,7 @@ def draw_lineage(lineage: Lineage, hide=(), fold: bool = False, suite: str | Non
                for s in present]
     handles.append(Line2D([], [], color=PATH_COLOR, linewidth=3, label="committed path"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    best = lineage.best(suite) if suite else lineage.best()
+    best = lineage.best(suite)
     hidden_note = ""
     if hide:
         count = len(lineage) - len(nodes)
