@@ -6,6 +6,7 @@
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh ncu [KERNEL] [CONFIG]  # Nsight Compute, kernel vs FA4
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh knobs [SUITE] [ROUNDS] NAME='{json}' ... [NAME=file.py]
 #   ... ncu-mem | ncu-src | lineage | final [NODE] | eval SUITE INCUMBENT FILE... | aa SUITE NODE | run NAME SUITE HOURS
+#   | frozen-inputs OLD.py NEW.py
 #   | run-final NAME SUITE (see each mode)
 set -uo pipefail
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
@@ -104,6 +105,10 @@ EOF
     done
     timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_seed_kernel.py -k "test_matches_reference or frozen" 2>&1 | tail -3 | tee -a "$out/final.txt"
     timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_ops.py 2>&1 | tail -3 | tee -a "$out/final.txt" ;;
+  frozen-inputs)  # `frozen-inputs OLD.py NEW.py`: two sources timed on N(0, 1), attention-sink and
+    # rising-logit inputs (bench/frozen_inputs.py; the judge times only the first)
+    timeout 300 python3 bench/frozen_inputs.py "$2" "$3" --iters "${ITERS:-60}" 2>&1 | grep -v Warning \
+      | tail -12 | tee -a "$out/frozen_inputs.txt" ;;
   aa)  # the judge's A/A check, `aa SUITE NODE`: the node's source plus a comment (compiled apart) judged
     # against the node; an unbiased sampler reads an interval that holds 1 (2026-11-23: 0.9976x
     # [0.9967, 0.9985] before the candidate's checks moved to the round's end, 0.9991x [0.9968, 1.0015] after)

@@ -30,7 +30,8 @@ def _default_knobs_before_tables(spec):
     keeps v0043's waits and mask (v0050's source cost 3% there); the bitmask causal mask at d64 and
     d128 (v0052, v0053); d128 without ping-pong and causal GQA unpacked (the GQA transfer, v0056);
     lazy rescale at d256 (v0070, in place of the rescale before the PV) and causal d128 (v0069),
-    both replaced by the frozen row max on every spec (v0087-v0089); the last wave split over 2-CTA
+    both replaced by the frozen row max on every spec (v0087-v0089), with the in-place rescale where
+    a row goes over (v0091, v0093); the last wave split over 2-CTA
     clusters at non-causal d64 (v0074), and over 8-CTA clusters at non-causal d128 and d256, its
     launch overlapping the main one's drain on all three (v0077-v0079), and at d128 only with at
     least 8 K/V blocks per CTA of a split (v0083)."""
@@ -38,7 +39,7 @@ def _default_knobs_before_tables(spec):
             128: dict(tile_m=128, tile_n=128),
             256: dict(tile_m=128, tile_n=80, try_wait_first=False, unmask_full_blocks=False)}
     hd = min((h for h in rows if h >= spec.head_dim), default=max(rows))
-    k = K.Knobs(**rows[hd], head_swizzle=spec.causal, frozen_row_max=True)
+    k = K.Knobs(**rows[hd], head_swizzle=spec.causal, frozen_row_max=True, frozen_over_in_place=True)
     if spec.qhead_per_kvhead > 1 and k.tile_m % spec.qhead_per_kvhead == 0:
         k = k.replace(pack_gqa=True)
     if hd in (64, 128):
@@ -58,10 +59,10 @@ def test_seed_table_gives_every_spec_the_knobs_it_had():
         assert K.SEED_TABLE.for_spec(spec) == _default_knobs_before_tables(spec), spec.key()
         assert K.default_knobs(spec) == K.SEED_TABLE.for_spec(spec)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, True, 8)) == K.Knobs(
-        head_swizzle=True, pingpong=False, bitmask_causal_mask=True, frozen_row_max=True)
+        head_swizzle=True, pingpong=False, bitmask_causal_mask=True, frozen_row_max=True, frozen_over_in_place=True)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, False, 8)) == K.Knobs(
         pack_gqa=True, head_swizzle=False, pingpong=False, bitmask_causal_mask=True, tail_kv_split=8, tail_pdl=True,
-        tail_split_min_blocks=8, frozen_row_max=True)
+        tail_split_min_blocks=8, frozen_row_max=True, frozen_over_in_place=True)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 64, False, 3)).pack_gqa  # 3 divides 192
     assert not K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, False, 3)).pack_gqa
 
@@ -127,7 +128,8 @@ def test_load_knobs_and_load_table_read_both_forms():
     table = K.SEED_TABLE.with_row({"causal": False, "head_dim": 128, "qhead_per_kvhead": 4}, {"tile_n": 176})
     spec = AttentionSpec("bf16", 128, False, 4)
     seeded = K.Knobs(tile_n=176, pack_gqa=True, head_swizzle=False, pingpong=False, bitmask_causal_mask=True,
-                     tail_kv_split=8, tail_pdl=True, tail_split_min_blocks=8, frozen_row_max=True)
+                     tail_kv_split=8, tail_pdl=True, tail_split_min_blocks=8, frozen_row_max=True,
+                     frozen_over_in_place=True)
     assert jit.load_knobs(FAMILY, table.as_dict(), spec=spec) == seeded
     assert jit.load_knobs(FAMILY, {"tile_n": 176}, spec=spec) == seeded
     assert jit.load_table(FAMILY) == K.SEED_TABLE

@@ -155,9 +155,10 @@ def test_frozen_row_max_compiles_and_yields_to_the_softmax_knobs_it_replaces():
         assert not effective(k, spec).frozen_row_max, clash
     assert effective(knobs, spec).frozen_row_max
     assert not effective(knobs.replace(frozen_row_max=False, frozen_over_in_place=True), spec).frozen_over_in_place
-    in_place = knobs.replace(frozen_over_in_place=True)
-    assert load_module(in_place).KERNEL(spec).frozen_over_in_place
-    assert callable(compiled(spec, in_place))
+    assert knobs.frozen_over_in_place and load_module(knobs).KERNEL(spec).frozen_over_in_place
+    rescore_only = knobs.replace(frozen_over_in_place=False)
+    assert not load_module(rescore_only).KERNEL(spec).frozen_over_in_place
+    assert callable(compiled(spec, rescore_only))
 
 
 @pytest.mark.parametrize("spec, split", [(AttentionSpec("bf16", 128), 8), (AttentionSpec("fp16", 256, False, 4), 2)],
@@ -439,9 +440,11 @@ def test_frozen_row_max_matches_reference(spec, rising):
     rising toward the keys visited last by a few units per block (rising 3: some blocks go over
     and take the exact path from shared memory) and by far more than exp2's range (rising 40:
     scores overflow to +inf against the standing max), every shape within torch's error, LSE
-    within 2e-3, rows with no key at -inf."""
+    within 2e-3, rows with no key at -inf. The seed rescales a row that went over in place
+    (frozen_over_in_place) and rescores only past FROZEN_OVER_PEAK_LIMIT (rising 40)."""
     knobs = default_knobs(spec)
-    assert knobs.frozen_row_max and not knobs.lazy_rescale and not knobs.rescale_o_before_pv
+    assert knobs.frozen_row_max and knobs.frozen_over_in_place
+    assert not knobs.lazy_rescale and not knobs.rescale_o_before_pv
     fn = compiled(spec, knobs)
     check_every_shape(fn, spec, HEADS[spec.qhead_per_kvhead][:1], rising=rising)
 
@@ -451,10 +454,10 @@ def test_frozen_row_max_matches_reference(spec, rising):
 @pytest.mark.parametrize("spec", [AttentionSpec("bf16", 64, False, 1), AttentionSpec("bf16", 128, True, 4),
                                   AttentionSpec("fp16", 128, True, 1)], ids=lambda s: s.key())
 @pytest.mark.parametrize("rising", [0.0, 3.0, 40.0])
-def test_frozen_over_in_place_matches_reference(spec, rising):
-    """frozen_row_max with the in-place rescale where a row went over (knob frozen_over_in_place):
-    rising 3 takes it on some blocks, rising 40 overflows exp2 and takes the exact path instead."""
-    fn = compiled(spec, default_knobs(spec).replace(frozen_over_in_place=True))
+def test_frozen_rescore_only_matches_reference(spec, rising):
+    """frozen_row_max without the in-place rescale: every block where a row went over is scored
+    again from shared memory and takes the exact softmax (rising 3 and 40 both take it)."""
+    fn = compiled(spec, default_knobs(spec).replace(frozen_over_in_place=False))
     check_every_shape(fn, spec, HEADS[spec.qhead_per_kvhead][:1], rising=rising)
 
 
