@@ -263,6 +263,10 @@ def format_verdict(verdict) -> str:
     for name, vs in verdict.vs_baselines.items():
         lo, hi = vs["ratio_ci"]
         lines.append(f"  speed vs {name} (paired): {vs['ratio']:.4f}x [{lo:.4f}, {hi:.4f}]")
+    if verdict.patterns:
+        lines.append("  speed vs incumbent on shaped logits (paired): " + ", ".join(
+            f"{name} {p['ratio']:.4f}x [{p['ratio_ci'][0]:.4f}, {p['ratio_ci'][1]:.4f}]"
+            for name, p in verdict.patterns.items()))
     if verdict.measurement:
         m = verdict.measurement
         lines.append(f"  timing: rounds {m.get('rounds')}, timed outputs checked {m.get('checks')}, throttled rounds "

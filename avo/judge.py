@@ -3,7 +3,9 @@ compiled artifacts only. It never imports a kernel module: a candidate's Python 
 compile sandbox, and all that reached this process is the cache entry (an object file checked and
 linked by avo.jit, loaded through tvm_ffi). Its verdict goes back on the worker's result pipe.
 
-    correctness (avo.verify) -> timing (avo.timing, paired, adaptive) -> the commit decision (avo.stats)
+    correctness (avo.verify) -> timing (avo.timing, paired, adaptive) -> timing on shaped logits
+    (attention sink, rising maxima: one config per specialization, against the incumbent)
+    -> the commit decision (avo.evaluate.apply_commit_rule, avo.stats)
 
 `sanitize` is the compute-sanitizer stage's payload: one small call per specialization.
 """
@@ -15,7 +17,9 @@ import random
 import time
 from pathlib import Path
 
-__all__ = ["judge", "sanitize"]
+__all__ = ["PATTERN_ROUNDS", "judge", "pattern_configs", "sanitize"]
+
+PATTERN_ROUNDS = 4  # paired rounds per logit pattern: the floor they test is 10% away, not 1%
 
 
 def judge(entries: dict, incumbent: dict | None, suite: str, seeds: int, baselines: list, stop_after: str | None,
@@ -89,7 +93,43 @@ def judge(entries: dict, incumbent: dict | None, suite: str, seeds: int, baselin
     if "incumbent" in kernels:
         measured["estimate"] = stats.paired_ratio(m.pairs(), flags=m.flags).as_dict()
     measured["vs_baselines"] = m.versus(baselines)
+    if "incumbent" in kernels:
+        progress(stage="patterns")
+        t0 = time.monotonic()
+        try:
+            measured["patterns"] = _time_patterns(timing, stats, pattern_configs(suite_obj.timed), kernels, telemetry)
+        except timing.TimedOutputError as exc:
+            verdict["timing"]["patterns"] = round(time.monotonic() - t0, 2)
+            return {**verdict, "status": "failed_correctness", "stage": "patterns", "diagnosis": str(exc),
+                    "scores": zero}
+        except RuntimeError as exc:
+            return _cuda_error(verdict, "patterns", exc, zero)
+        verdict["timing"]["patterns"] = round(time.monotonic() - t0, 2)
     return {**verdict, **measured, "status": "measured", "stage": "benchmark"}
+
+
+def pattern_configs(timed: list) -> list:
+    """One timed config per specialization, the median by FLOPs (ties: the suite's order): the
+    logit patterns are timed there."""
+    by_spec: dict = {}
+    for config in timed:
+        by_spec.setdefault(config.spec, []).append(config)
+    return [sorted(group, key=lambda c: c.flops)[len(group) // 2] for group in by_spec.values()]
+
+
+def _time_patterns(timing, stats, configs: list, kernels: dict, telemetry) -> dict:
+    """{pattern: {"ratio", "ratio_ci", "per_config"}}: the candidate's speed over the incumbent's,
+    paired, on logits shaped by each of timing.LOGIT_PATTERNS (its outputs checked there too)."""
+    out = {}
+    for pattern in timing.LOGIT_PATTERNS:
+        m = timing.measure(configs, kernels, (), min_rounds=PATTERN_ROUNDS, max_rounds=PATTERN_ROUNDS,
+                           block=PATTERN_ROUNDS, telemetry=telemetry, pattern=pattern)
+        try:
+            est = stats.paired_ratio(m.pairs(), flags=m.flags)
+        except ValueError:  # throttled rounds left too few pairs: throttling slows both sides of a pair
+            est = stats.paired_ratio(m.pairs())
+        out[pattern] = {"ratio": est.ratio, "ratio_ci": [est.lo, est.hi], "per_config": est.per_config}
+    return out
 
 
 def sanitize(entries: dict, suite: str) -> dict:

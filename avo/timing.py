@@ -15,7 +15,11 @@ when a sample starts). The inputs are regenerated in place before every sample (
 values), so no two launches of a measurement, of one contender or of two, read the same values: a
 kernel that fingerprints its inputs finds no output made for them before, neither one of its own
 nor one another contender left in memory it could locate (an incumbent's buffer at a fixed offset).
-Attention's run time does not depend on the values, so the pairs stay pairs.
+The values are drawn from one distribution per measurement, so the pairs stay pairs. A kernel's
+run time may depend on them (a softmax that skips work while each row's max holds, and pays where
+it does not): `pattern` draws logits shaped like trained models' (an attention sink, rows whose
+max keeps rising toward either end) instead of N(0, 1), and the judge times the candidate
+against the incumbent on those too (LOGIT_PATTERNS).
 
 Every sample of the candidate is checked: every buffer its launches wrote is scanned for the NaN
 poison (a kernel that skips some of its launches fails there), its inputs are checked unchanged,
@@ -57,8 +61,8 @@ import torch
 
 from avo.suites import ShapeConfig
 
-__all__ = ["BASELINES", "DENSE_BF16_PEAK_TFLOPS", "MIN_SAMPLE_MS", "Measurement", "TimedOutputError",
-           "above_peak", "baseline_fn", "measure", "peak_tflops"]
+__all__ = ["BASELINES", "DENSE_BF16_PEAK_TFLOPS", "LOGIT_PATTERNS", "MIN_SAMPLE_MS", "Measurement", "TimedOutputError",
+           "above_peak", "baseline_fn", "measure", "peak_tflops", "shape_logits"]
 
 BASELINES = ("fa4", "cudnn", "fa2")
 MIN_SAMPLE_MS = 1.0  # a sample of a short config repeats the launch until it lasts this long
@@ -72,6 +76,36 @@ _SPIN_MIN_S = 50e-6  # the spin also covers the event record and the first launc
 # that "beats" this is a timing bug or skipped work, never a win.
 DENSE_BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "GH200": 989.4, "B200": 2250.0,
                           "B300": 2250.0}
+
+
+# Logits shaped like trained models' rather than N(0, 1), for timing (shape_logits): "sink" key 0
+# of every sequence scores SINK_NATS above the rest (StreamingLLM's attention sink); "rising" keys
+# scaled from 4x at the first key down to 1x at the last, with q doubled, so a row's max keeps
+# rising toward the first keys; "falling" the same toward the last keys. A kernel that visits a
+# row's keys in either order meets its max late in one of the last two.
+LOGIT_PATTERNS = ("sink", "rising", "falling")
+SINK_NATS = 30.0
+
+
+def shape_logits(q: torch.Tensor, k: torch.Tensor, pattern: str) -> None:
+    """Reshape N(0, 1) q and k in place (sequence at dim -3, head_dim last; any leading dims) into
+    `pattern` (LOGIT_PATTERNS, or "normal": unchanged), for the softmax scale 1/sqrt(head_dim).
+    Deterministic: the same inputs give the same result, so inputs can be checked unchanged."""
+    if pattern == "normal":
+        return
+    if pattern not in LOGIT_PATTERNS:
+        raise ValueError(f"unknown logit pattern {pattern!r}: use normal or one of {', '.join(LOGIT_PATTERNS)}")
+    d, seqlen = q.shape[-1], k.shape[-3]
+    if pattern == "sink":  # q . k_0 / sqrt(d) = SINK_NATS: one shared direction
+        q[..., 0] = 1.0
+        sink = k.select(-3, 0)
+        sink.zero_()
+        sink[..., 0] = SINK_NATS * math.sqrt(d)
+        return
+    j = torch.arange(seqlen, device=k.device, dtype=torch.float32) / max(1, seqlen - 1)
+    ramp = 1.0 + 3.0 * ((1.0 - j) if pattern == "rising" else j)
+    k.mul_(ramp.to(k.dtype).view(seqlen, 1, 1))
+    q.mul_(2.0)
 
 
 class TimedOutputError(Exception):
@@ -152,17 +186,20 @@ class Measurement:
 def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tuple[str, ...] = (),
             needs_more: Callable[[Measurement], bool] | None = None, min_rounds: int = 8,
             max_rounds: int = 64, block: int = 8, check: str | None = "candidate",
-            telemetry=None, seed: int | None = None) -> Measurement:
+            telemetry=None, seed: int | None = None, pattern: str = "normal") -> Measurement:
     """Time every contender on every config in interleaved rounds. `kernels` maps a contender
     name to {AttentionSpec: fn(q, k, v, o, lse, scale)}; baselines are added by name. Rounds come in
     blocks of `block` over all configs until `min_rounds`, then while `needs_more(measurement)`
-    says so, up to `max_rounds`. Raises TimedOutputError when a checked output of `check` is wrong."""
+    says so, up to `max_rounds`. Inputs are N(0, 1) shaped by `pattern` (shape_logits). Raises
+    TimedOutputError when a checked output of `check` is wrong."""
+    if pattern != "normal" and pattern not in LOGIT_PATTERNS:
+        raise ValueError(f"unknown logit pattern {pattern!r}: use normal or one of {', '.join(LOGIT_PATTERNS)}")
     from avo import verify
 
     rng = random.Random(seed)
     result = Measurement()
     flush = torch.empty(_L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
-    states = [_ConfigState(config, kernels, baselines, result, rng, check) for config in configs]
+    states = [_ConfigState(config, kernels, baselines, result, rng, check, pattern) for config in configs]
     readings = []
     rounds = 0
     while rounds < min_rounds or (needs_more is not None and rounds < max_rounds and needs_more(result)):
@@ -217,10 +254,11 @@ class _ConfigState:
     output buffers of its turn."""
 
     def __init__(self, config: ShapeConfig, kernels: dict, baselines, result: Measurement, rng,
-                 checked: str | None = None):
+                 checked: str | None = None, pattern: str = "normal"):
         from avo.verify import random_inputs
 
         self.config = config
+        self.pattern = pattern
         self.scale = 1.0 / math.sqrt(config.head_dim)
         self.kernels = {name: per_spec[config.spec] for name, per_spec in kernels.items() if config.spec in per_spec}
         self.baselines = list(baselines)
@@ -230,6 +268,7 @@ class _ConfigState:
         # one provisional input set to warm up and calibrate with; the launches per sample it gives
         # fix how many sets there are
         self.stacks = tuple(t.unsqueeze(0) for t in random_inputs(config, rng.randrange(1 << 30)))
+        shape_logits(self.stacks[0], self.stacks[1], pattern)  # calibrated on the inputs it times
         # the checked contender reads input sets of its own (checked_stacks, drawn from seeds[checked]),
         # so that its checks can wait for the end of the round: the samples after it regenerate
         # only self.stacks
@@ -292,13 +331,18 @@ class _ConfigState:
         cache on its pointers goes stale). Drawn in the inputs' own dtype: one kernel per tensor,
         no copy."""
         self.seeds[name] = seed
+        self._draw(seed, self._stacks(name))
+
+    def _draw(self, seed: int, stacks: tuple) -> None:
         gen = torch.Generator(device="cuda").manual_seed(seed)
-        for stack in self._stacks(name):
+        for stack in stacks:
             stack.normal_(generator=gen)
+        shape_logits(stacks[0], stacks[1], self.pattern)
 
     def _inputs_unchanged(self, name: str) -> bool:
-        gen = torch.Generator(device="cuda").manual_seed(self.seeds[name])
-        return all(torch.equal(stack, torch.empty_like(stack).normal_(generator=gen)) for stack in self._stacks(name))
+        fresh = tuple(torch.empty_like(stack) for stack in self._stacks(name))
+        self._draw(self.seeds[name], fresh)
+        return all(torch.equal(a, b) for a, b in zip(self._stacks(name), fresh, strict=True))
 
     def sample(self, name: str, flush: torch.Tensor) -> tuple:
         """Time one sample of `name`: (start event, end event, whether the host outran the spin)."""

@@ -65,6 +65,75 @@ def test_a_raised_commit_bar_is_what_the_interval_must_clear_and_the_diagnosis_s
         apply_commit_rule(_measured(0.99, 1.0), 0.99)
 
 
+@pytest.mark.parametrize("sink_ci, status", [
+    ((0.60, 0.70), "rejected"),  # a cliff on sink logits, whatever N(0, 1) shows
+    ((0.88, 0.95), "committed"),  # might be above the floor: the few pattern rounds decide nothing
+    ((0.96, 0.99), "committed"),  # a little slower there, for a gain on the rest
+])
+def test_a_commit_must_keep_its_speed_on_shaped_logits(sink_ci, status):
+    """The judge also times candidate and incumbent on sink and rising-maximum logits; a commit
+    whose interval there lies wholly below PATTERN_FLOOR is rejected, and the diagnosis says on
+    which pattern and by how much."""
+    from avo.evaluate import PATTERN_FLOOR
+
+    verdict = _measured(1.004, 1.012)
+    verdict.patterns = {"rising": {"ratio": 1.0, "ratio_ci": [0.99, 1.01], "per_config": {}},
+                        "sink": {"ratio": sum(sink_ci) / 2, "ratio_ci": list(sink_ci), "per_config": {}}}
+    apply_commit_rule(verdict)
+    assert verdict.status == status and PATTERN_FLOOR == 0.90
+    if status == "rejected":
+        assert not verdict.gain
+        assert verdict.diagnosis.startswith("sink logits: 0.6500x [0.6000, 0.7000] the incumbent, below the floor 0.90")
+        assert verdict.diagnosis.endswith("on N(0, 1): 1.0080x [1.0040, 1.0120] (1 excluded)")
+    slower = _measured(0.98, 0.99)  # a reject stays a reject, with its own diagnosis
+    slower.patterns = verdict.patterns
+    apply_commit_rule(slower)
+    assert slower.status == "rejected" and slower.diagnosis.endswith("the incumbent (reject; tolerance 0.5%)")
+    assert Verdict.from_dict(verdict.as_dict()).patterns == verdict.patterns
+
+
+def test_shaped_logits_put_each_pattern_where_it_says():
+    """timing.shape_logits on N(0, 1) q, k (sequence at dim -3, any leading dims: the timing's
+    stacked input sets): the sink takes every row's whole softmax; rising and falling move each
+    row's largest logits toward the first and the last keys; deterministic; unknown names refused."""
+    import torch
+
+    from avo.timing import LOGIT_PATTERNS, SINK_NATS, shape_logits
+
+    def logits(pattern):
+        g = torch.Generator().manual_seed(3)
+        q, k = torch.randn(2, 1, 64, 2, 32, generator=g), torch.randn(2, 1, 512, 2, 32, generator=g)
+        shape_logits(q, k, pattern)
+        return torch.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(32)
+
+    assert LOGIT_PATTERNS == ("sink", "rising", "falling") and SINK_NATS == 30.0
+    sink = logits("sink")
+    assert float(torch.softmax(sink, -1)[..., 0].min()) > 0.999999
+    assert float((sink[..., 0] - sink[..., 1:].amax(-1)).min()) > SINK_NATS - 6
+    first, last = slice(0, 128), slice(384, 512)
+    for pattern, high, low in (("rising", first, last), ("falling", last, first)):
+        s = logits(pattern)
+        assert float(s[..., high].std() / s[..., low].std()) > 2.5, pattern
+        assert float((s.argmax(-1).float() - 255.5).abs().mean()) > 128, pattern  # maxima at the high end
+        assert torch.equal(s, logits(pattern))
+    assert torch.equal(logits("normal"), logits("normal"))
+    with pytest.raises(ValueError, match="unknown logit pattern 'spiky'"):
+        shape_logits(torch.zeros(1, 4, 1, 8), torch.zeros(1, 4, 1, 8), "spiky")
+
+
+def test_the_patterns_are_timed_on_one_config_per_specialization():
+    from avo.judge import pattern_configs
+    from avo.suites import load_suite
+
+    timed = load_suite("paper").timed
+    picked = pattern_configs(timed)
+    assert len(picked) == len({c.spec for c in timed}) == 6
+    assert {c.spec for c in picked} == {c.spec for c in timed}
+    for c in picked:  # the median by FLOPs of its spec's configs
+        own = sorted(x.flops for x in timed if x.spec == c.spec)
+        assert c.flops == own[len(own) // 2]
+
+
 def test_without_an_incumbent_the_first_correct_kernel_commits():
     verdict = Verdict("measured", "benchmark", scores={"a": 300.0}, vs_baselines={"fa4": {"ratio": 0.97,
                                                                                           "ratio_ci": [0.96, 0.98]}})

@@ -134,6 +134,29 @@ def test_a_kernel_that_writes_its_inputs_is_caught_while_timed():
 
 
 @pytest.mark.gpu
+def test_a_kernel_slow_only_on_shaped_logits_is_seen_there_and_not_on_normal_ones():
+    """A candidate that does its work four times when a row's logits are far above the rest (as a
+    softmax that skips work while the max holds pays when it does not): a tie on N(0, 1) inputs,
+    under half the incumbent's speed on sink logits, its outputs checked on both."""
+    from avo import stats
+
+    config, fn = _honest_kernel()
+
+    def value_dependent(q, k, v, o, lse, scale):
+        repeats = 4 if bool((k[:, 0].float().abs().amax() > 100).item()) else 1
+        for _ in range(repeats):
+            fn(q, k, v, o, lse, scale)
+
+    kernels = {"candidate": {config.spec: value_dependent}, "incumbent": {config.spec: fn}}
+    normal = stats.paired_ratio(timing.measure([config], kernels, min_rounds=6, seed=5).pairs())
+    sink = timing.measure([config], kernels, min_rounds=6, seed=5, pattern="sink")
+    assert normal.lo < 1.05 and normal.hi > 0.9
+    assert stats.paired_ratio(sink.pairs()).hi < 0.5 and sink.checks == 6
+    with pytest.raises(ValueError, match="unknown logit pattern"):
+        timing.measure([config], kernels, pattern="spiky")
+
+
+@pytest.mark.gpu
 def test_an_honest_pair_gives_paired_samples_and_checked_outputs():
     config, fn = _honest_kernel()
     m = timing.measure([config], {"candidate": {config.spec: fn}, "incumbent": {config.spec: fn}}, min_rounds=8,
