@@ -6,11 +6,13 @@ prints each one's time and their ratio, so that the slow path's cost on such inp
 
     python bench/frozen_inputs.py OLD.py NEW.py [--configs d64,d128,d128c] [--iters 30]
 
-Patterns (bf16, 32k tokens, 16 heads):
-  normal  q, k, v ~ N(0, 1)
-  sink    key 0 of every sequence scores 30 (natural-log units) above the rest: rows meet it in
-          their last K/V block (the visit order is from the last block to the first)
-  rising  keys scaled by 1 + 3 (1 - j / seqlen), q doubled: every row's max keeps rising
+Patterns (bf16, 32k tokens, 16 heads): "normal" q, k, v ~ N(0, 1), and avo.timing.LOGIT_PATTERNS
+(the judge times the same ones): "sink" key 0 of every sequence scores 30 nats above the rest (rows
+meet it in their last K/V block: the visit order is from the last block to the first); "rising"
+keys scaled 4x at the first key down to 1x at the last, "falling" the reverse, q doubled: every
+row's max keeps rising in one of the two visit orders. (The figures of 2026-11-23, seventh session, were
+taken before the script used avo.timing: the same sink, and rising with keys scaled by
+1 + 3 (1 - j / seqlen) in fp32.)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from avo import jit
 from avo.spec import AttentionSpec
+from avo.timing import LOGIT_PATTERNS, shape_logits
 
 CONFIGS = {  # name: (spec, batch, seqlen)
     "d64": (AttentionSpec("bf16", 64, False, 1), 4, 8192),
@@ -37,14 +40,7 @@ def inputs(pattern: str, spec: AttentionSpec, batch: int, seqlen: int):
     d, dt = spec.head_dim, spec.torch_dtype
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(batch, seqlen, HEADS, d, device="cuda", dtype=dt, generator=g) for _ in range(3))
-    if pattern == "sink":  # q . k_0 / sqrt(d) = 30 more than N(0, 1) scores: one shared direction
-        q[..., 0] = 1.0
-        k[:, 0, :, :] = 0.0
-        k[:, 0, :, 0] = 30.0 * math.sqrt(d)
-    elif pattern == "rising":
-        ramp = 1 + 3 * (1 - torch.arange(seqlen, device="cuda", dtype=torch.float32) / seqlen)
-        k = (k.float() * ramp.view(1, seqlen, 1, 1)).to(dt)
-        q = q * 2
+    shape_logits(q, k, pattern)
     return q, k, v
 
 
@@ -71,7 +67,7 @@ def main() -> None:
     for name in args.configs.split(","):
         spec, batch, seqlen = CONFIGS[name]
         kernels = [jit.compile_kernel(src, spec).fn for src in (args.old, args.new)]
-        for pattern in ("normal", "sink", "rising"):
+        for pattern in ("normal", *LOGIT_PATTERNS):
             q, k, v = inputs(pattern, spec, batch, seqlen)
             o = torch.empty_like(q)
             lse = torch.empty(batch, HEADS, seqlen, device="cuda", dtype=torch.float32)
