@@ -19,7 +19,7 @@ from pathlib import Path
 from avo.evaluate import geomean
 from avo.lineage import Lineage, LineageError
 from avo.suites import SuiteError, load_suite
-from avo.timing import BASELINES
+from avo.timing import BASELINES, LOGIT_PATTERNS
 from avo.worker import run_isolated
 
 __all__ = ["main"]
@@ -36,6 +36,10 @@ def main(argv=None) -> int:
                         "first in the same process, e.g. the seed: --kernel best --compare v0000")
     parser.add_argument("--rounds", type=int, default=32,
                         help="timing rounds per config (each a sample of every kernel, in random order)")
+    parser.add_argument("--inputs", default="normal", choices=("normal", *LOGIT_PATTERNS),
+                        help="the timed inputs: N(0, 1), or logits shaped like trained models' (avo.timing."
+                        "shape_logits: an attention sink, maxima rising toward the first or the last keys); a "
+                        "kernel whose speed depends on the values shows it here")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--out", help="JSON file (default bench/results/<date>_<suite>.json)")
     args = parser.parse_args(argv)
@@ -55,10 +59,13 @@ def main(argv=None) -> int:
         return 2
     baselines = [b for b in args.baselines.split(",") if b]
     versus = ", ".join(([compare_label] if compare_label else []) + baselines)
-    print(f"benchmarking {label} ({source}) on {suite.name}: {len(suite.timed)} configs vs {versus}", flush=True)
+    shaped = "" if args.inputs == "normal" else f", {args.inputs} logits"
+    print(f"benchmarking {label} ({source}) on {suite.name}{shaped}: {len(suite.timed)} configs vs {versus}",
+          flush=True)
     result = run_isolated("avo.bench:_bench_task", {"source": str(source), "suite": args.suite,
                                                     "baselines": baselines, "rounds": args.rounds,
-                                                    "compare": str(compare) if compare else None},
+                                                    "compare": str(compare) if compare else None,
+                                                    "inputs": args.inputs},
                           timeout_s=args.timeout)
     if not result.ok:
         print(f"avo.bench: {result.summary()}\n{result.stderr_tail[-1500:]}", file=sys.stderr)
@@ -68,7 +75,8 @@ def main(argv=None) -> int:
     if compare_label:
         report["compare"]["kernel"] = compare_label
     print(format_report(report))
-    out = Path(args.out or f"bench/results/{report['date'][:10]}_{suite.name}_{label}.json")
+    tail = "" if args.inputs == "normal" else f"_{args.inputs}"
+    out = Path(args.out or f"bench/results/{report['date'][:10]}_{suite.name}_{label}{tail}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")
@@ -96,7 +104,9 @@ def _resolve(what: str, lineage: Lineage, suite: str | None = None) -> tuple[Pat
 def format_report(report: dict) -> str:
     compare = report.get("compare")
     names = ["avo"] + (["compare"] if compare else []) + list(report["baselines"])
-    lines = [f"{report['device']}, {report['date']}, torch {report['torch']}, cutlass-dsl {report['cutlass_dsl']}",
+    inputs = report.get("inputs", "normal")
+    lines = [f"{report['device']}, {report['date']}, torch {report['torch']}, cutlass-dsl {report['cutlass_dsl']}"
+             + ("" if inputs == "normal" else f", {inputs} logits"),
              f"{'config':30s}" + "".join(f"{n:>9s}" for n in names)
              + "".join(f"{'/' + n:>9s}" for n in names[1:]) + "   (TFLOPS; ratios avo/other)"]
     for config, value in report["scores"].items():
@@ -127,7 +137,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _bench_task(source, suite, baselines, rounds, compare=None) -> dict:
+def _bench_task(source, suite, baselines, rounds, compare=None, inputs="normal") -> dict:
     import cutlass
     import torch
 
@@ -163,7 +173,7 @@ def _bench_task(source, suite, baselines, rounds, compare=None) -> dict:
     if compare:
         contenders["incumbent"] = {s: k.fn for s, k in compiled(compare).items()}
     m = timing.measure(list(suite_obj.timed), contenders, tuple(baselines), min_rounds=rounds, block=rounds,
-                       telemetry=Telemetry())
+                       telemetry=Telemetry(), pattern=inputs)
     tflops = m.tflops(list(suite_obj.timed))
     over = timing.above_peak(tflops["candidate"])
     if over:
@@ -173,7 +183,8 @@ def _bench_task(source, suite, baselines, rounds, compare=None) -> dict:
     geo = {"avo": geomean(tflops["candidate"].values()), **{b: geomean(tflops[b].values()) for b in complete}}
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "cutlass_dsl": cutlass.__version__,
-              "suite": suite, "scores": tflops["candidate"], "baselines": {b: tflops.get(b, {}) for b in baselines},
+              "suite": suite, "inputs": inputs, "scores": tflops["candidate"],
+              "baselines": {b: tflops.get(b, {}) for b in baselines},
               "geomean": geo, "vs_baselines": m.versus(baselines), "correctness_checks": checked,
               "compile_seconds": compile_seconds, "configs": {c.name: c.as_dict() for c in suite_obj.timed},
               "measurement": m.summary(),

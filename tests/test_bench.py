@@ -35,6 +35,18 @@ def test_report_with_a_kernel_compared_in_the_same_run():
             "2 excluded") in text
 
 
+def test_shaped_inputs_are_named_in_the_report_and_unknown_ones_refused(capsys):
+    from avo.bench import main
+
+    first = format_report(_report()).splitlines()[0]
+    assert first == "NVIDIA H200, 2026-11-22T00:00:00+00:00, torch 2.11, cutlass-dsl 4.8.1"
+    shaped = {**_report(), "inputs": "sink"}
+    assert format_report(shaped).splitlines()[0].endswith("cutlass-dsl 4.8.1, sink logits")
+    with pytest.raises(SystemExit):
+        main(["--inputs", "spiky"])
+    assert "invalid choice: 'spiky'" in capsys.readouterr().err
+
+
 def test_resolve_best_and_errors(tmp_path):
     lineage = Lineage.load(tmp_path)
     with pytest.raises(LineageError, match="no committed kernel"):
