@@ -4,7 +4,8 @@ compile sandbox, and all that reached this process is the cache entry (an object
 linked by avo.jit, loaded through tvm_ffi). Its verdict goes back on the worker's result pipe.
 
     correctness (avo.verify) -> timing (avo.timing, paired, adaptive) -> timing on shaped logits
-    (attention sink, rising maxima: one config per specialization, against the incumbent)
+    (attention sink, rising maxima: one config per specialization, against the incumbent; only for
+    a candidate the commit rule would take)
     -> the commit decision (avo.evaluate.apply_commit_rule, avo.stats)
 
 `sanitize` is the compute-sanitizer stage's payload: one small call per specialization.
@@ -90,10 +91,13 @@ def judge(entries: dict, incumbent: dict | None, suite: str, seeds: int, baselin
         return {**verdict, "status": "failed_correctness", "stage": "benchmark", "scores": zero, "diagnosis": over}
     measured = {"scores": tflops["candidate"], "incumbent_scores": tflops.get("incumbent", {}),
                 "baselines": {b: tflops[b] for b in baselines if b in tflops}, "measurement": m.summary()}
-    if "incumbent" in kernels:
-        measured["estimate"] = stats.paired_ratio(m.pairs(), flags=m.flags).as_dict()
+    estimate = stats.paired_ratio(m.pairs(), flags=m.flags) if "incumbent" in kernels else None
+    if estimate is not None:
+        measured["estimate"] = estimate.as_dict()
     measured["vs_baselines"] = m.versus(baselines)
-    if "incumbent" in kernels:
+    bar = sampling.get("commit_bar") or stats.COMMIT_BAR
+    # only a candidate the commit rule would take is timed on shaped logits: they can only reject it
+    if estimate is not None and stats.decide(estimate, bar) == "commit":
         progress(stage="patterns")
         t0 = time.monotonic()
         try:
