@@ -134,6 +134,38 @@ def test_the_patterns_are_timed_on_one_config_per_specialization():
         assert c.flops == own[len(own) // 2]
 
 
+def test_the_judge_estimates_each_pattern_from_its_own_paired_rounds():
+    """judge._time_patterns on a stand-in for avo.timing (the sampler itself needs a GPU): one
+    measurement per pattern, of the configs given, with the pattern passed on; each pattern's
+    ratio is the paired estimate of its own rounds; throttled rounds that leave too few pairs
+    fall back to every pair."""
+    from types import SimpleNamespace
+
+    from avo import stats
+    from avo.judge import PATTERN_ROUNDS, _time_patterns
+    from avo.timing import LOGIT_PATTERNS, Measurement
+
+    calls = []
+    slowdown = {"sink": 2.0, "rising": 1.0, "falling": 1.25}
+
+    def measure(configs, kernels, baselines, min_rounds, max_rounds, block, telemetry, pattern):
+        calls.append((tuple(c.name for c in configs), pattern, min_rounds, max_rounds, baselines))
+        m = Measurement()
+        for i, c in enumerate(configs):
+            base = [1.0 + 0.01 * r for r in range(PATTERN_ROUNDS)]
+            m.times[c.name] = {"incumbent": base, "candidate": [t * slowdown[pattern] for t in base]}
+            m.flags[c.name] = [i == 0] * PATTERN_ROUNDS  # the first config's rounds all throttled
+        return m
+
+    configs = [SimpleNamespace(name="x"), SimpleNamespace(name="y")]
+    fake = SimpleNamespace(LOGIT_PATTERNS=LOGIT_PATTERNS, measure=measure)
+    out = _time_patterns(fake, stats, configs, {"candidate": {}, "incumbent": {}}, None)
+    assert [c[1] for c in calls] == list(LOGIT_PATTERNS) and PATTERN_ROUNDS == 4
+    assert all(c[0] == ("x", "y") and c[2:] == (4, 4, ()) for c in calls)
+    assert out["sink"]["ratio"] == pytest.approx(0.5) and out["falling"]["ratio"] == pytest.approx(0.8)
+    assert out["rising"]["ratio"] == pytest.approx(1.0) and set(out["sink"]["per_config"]) == {"x", "y"}
+
+
 def test_without_an_incumbent_the_first_correct_kernel_commits():
     verdict = Verdict("measured", "benchmark", scores={"a": 300.0}, vs_baselines={"fa4": {"ratio": 0.97,
                                                                                           "ratio_ci": [0.96, 0.98]}})
