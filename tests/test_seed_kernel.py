@@ -159,6 +159,12 @@ def test_frozen_row_max_compiles_and_yields_to_the_softmax_knobs_it_replaces():
     rescore_only = knobs.replace(frozen_over_in_place=False)
     assert not load_module(rescore_only).KERNEL(spec).frozen_over_in_place
     assert callable(compiled(spec, rescore_only))
+    early = knobs.replace(frozen_over_early=True)
+    assert load_module(early).KERNEL(spec).frozen_over_early and effective(early, spec).frozen_over_early
+    assert callable(compiled(spec, early))
+    for without in (dict(frozen_over_in_place=False), dict(frozen_row_max=False)):  # means nothing without them
+        assert not load_module(early.replace(**without)).KERNEL(spec).frozen_over_early, without
+        assert not effective(early.replace(**without), spec).frozen_over_early, without
 
 
 @pytest.mark.parametrize("spec, split", [(AttentionSpec("bf16", 128), 8), (AttentionSpec("fp16", 256, False, 4), 2)],
@@ -446,6 +452,20 @@ def test_frozen_row_max_matches_reference(spec, rising):
     assert knobs.frozen_row_max and knobs.frozen_over_in_place
     assert not knobs.lazy_rescale and not knobs.rescale_o_before_pv
     fn = compiled(spec, knobs)
+    check_every_shape(fn, spec, HEADS[spec.qhead_per_kvhead][:1], rising=rising)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("spec", [AttentionSpec("bf16", 64, False, 1), AttentionSpec("bf16", 128, True, 4),
+                                  AttentionSpec("fp16", 128, True, 1), AttentionSpec("bf16", 256, False, 1)],
+                         ids=lambda s: s.key())
+@pytest.mark.parametrize("rising", [0.0, 3.0, 40.0])
+def test_frozen_over_early_matches_reference(spec, rising):
+    """The in-place rescale before the PV wait (knob frozen_over_early): P, the sums and the row
+    max change while the previous block's PV GEMM is in flight (it reads its own copy of P); O
+    only once it has landed. Rising 3 takes it on some blocks, rising 40 the rescore."""
+    fn = compiled(spec, default_knobs(spec).replace(frozen_over_early=True))
     check_every_shape(fn, spec, HEADS[spec.qhead_per_kvhead][:1], rising=rising)
 
 

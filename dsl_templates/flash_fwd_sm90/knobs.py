@@ -178,6 +178,12 @@ class Knobs:
     # rejected). On in the seed everywhere; not searched: turning it off only buys that 0.1% on
     # the inputs the judge times, against those cliffs on inputs it does not.
     frozen_over_in_place: bool = False
+    # With frozen_over_in_place: the in-place rescale of P, the sums and the row max runs before the
+    # wait for the PV GEMM (it overlaps that GEMM, as the exact softmax's row max does); only O's
+    # rescale waits for it. Where every block goes over (logits that keep rising) the in-place
+    # path after the wait cost 13-15% against the exact softmax (H100 2026-11-23, seventh session,
+    # bench/frozen_inputs.py). Compiled only (seventh session); not yet run on a GPU, so not searched.
+    frozen_over_early: bool = False
 
     @property
     def num_mma_warp_groups(self) -> int:
@@ -217,6 +223,7 @@ SPACE: dict[str, tuple] = {
     "row_sum_chains": (1, 4),
     "frozen_row_max": (False, True),
     "frozen_over_in_place": (False, True),
+    "frozen_over_early": (False, True),
 }
 assert set(SPACE) == {f.name for f in fields(Knobs)}
 # Knobs the knob operator leaves as they are: each was measured and lost on the suites it was made
@@ -224,7 +231,7 @@ assert set(SPACE) == {f.name for f in fields(Knobs)}
 # nodes' tables and for hand-made candidates; random search would only spend trials on them.
 NOT_SEARCHED = frozenset({"tiles_per_cta", "separate_o_buffer", "exp2_fma_every", "row_sum_by_mma",
                           "kv_multicast", "q_in_registers", "p_double_buffer", "prefetch_next_q",
-                          "row_sum_chains", "frozen_over_in_place"})
+                          "row_sum_chains", "frozen_over_in_place", "frozen_over_early"})
 assert NOT_SEARCHED <= set(SPACE)
 
 # The seed's knob table: one source serves every spec, each with its own knobs (KnobTable). Beside
@@ -443,7 +450,8 @@ SEED_TABLE = KnobTable(TABLE_DEFAULT, TABLE_ROWS)
 def effective(knobs: Knobs, spec) -> Knobs:
     """The knobs as the kernel acts on them for `spec`: pack_gqa means nothing without GQA,
     frozen_row_max yields to a knob that changes the overlapped loop's softmax another way (the
-    template's frozen_row_max_yields), and frozen_over_in_place means nothing without it. Two
+    template's frozen_row_max_yields), frozen_over_in_place means nothing without it, nor
+    frozen_over_early without frozen_over_in_place. Two
     assignments equal here compile to the same kernel (the knob operator never proposes both)."""
     if spec.qhead_per_kvhead == 1:
         knobs = knobs.replace(pack_gqa=False)
@@ -453,6 +461,8 @@ def effective(knobs: Knobs, spec) -> Knobs:
         knobs = knobs.replace(frozen_row_max=False)
     if knobs.frozen_over_in_place and not knobs.frozen_row_max:
         knobs = knobs.replace(frozen_over_in_place=False)
+    if knobs.frozen_over_early and not knobs.frozen_over_in_place:
+        knobs = knobs.replace(frozen_over_early=False)
     return knobs
 
 
