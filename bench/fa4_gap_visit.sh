@@ -6,7 +6,7 @@
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh ncu [KERNEL] [CONFIG]  # Nsight Compute, kernel vs FA4
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh knobs [SUITE] [ROUNDS] NAME='{json}' ... [NAME=file.py]
 #   ... ncu-mem | ncu-src | lineage | final [NODE] | eval SUITE INCUMBENT FILE... | aa SUITE NODE | run NAME SUITE HOURS
-#   | frozen-inputs OLD.py NEW.py
+#   | frozen-inputs OLD.py NEW.py [SUITES]
 #   | run-final NAME SUITE (see each mode)
 set -uo pipefail
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
@@ -105,10 +105,15 @@ EOF
     done
     timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_seed_kernel.py -k "test_matches_reference or frozen" 2>&1 | tail -3 | tee -a "$out/final.txt"
     timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_ops.py 2>&1 | tail -3 | tee -a "$out/final.txt" ;;
-  frozen-inputs)  # `frozen-inputs OLD.py NEW.py`: two sources timed on N(0, 1), attention-sink and
-    # rising-logit inputs (bench/frozen_inputs.py; the judge times only the first)
-    timeout 300 python3 bench/frozen_inputs.py "$2" "$3" --iters "${ITERS:-60}" 2>&1 | grep -v Warning \
-      | tail -12 | tee -a "$out/frozen_inputs.txt" ;;
+  frozen-inputs)  # `frozen-inputs OLD.py NEW.py [SUITES]`: NEW against OLD, paired, on N(0, 1) and on each of
+    # the judge's logit patterns (avo.bench --compare --inputs), suites hdim64 and quick unless named
+    for suite in ${4:-hdim64 quick}; do
+      for inputs in normal sink rising falling; do
+        timeout 140 python3 -m avo.bench --kernel "$3" --compare "$2" --suite "$suite" --inputs $inputs --baselines "" \
+          --rounds "${ROUNDS:-8}" --out "$out/inputs_${suite}_$inputs.json" 2>&1 | grep "in the same run (paired" \
+          | sed "s/^/$suite $inputs: /" | tee -a "$out/frozen_inputs.txt"
+      done
+    done ;;
   aa)  # the judge's A/A check, `aa SUITE NODE`: the node's source plus a comment (compiled apart) judged
     # against the node; an unbiased sampler reads an interval that holds 1 (2026-11-23: 0.9976x
     # [0.9967, 0.9985] before the candidate's checks moved to the round's end, 0.9991x [0.9968, 1.0015] after)

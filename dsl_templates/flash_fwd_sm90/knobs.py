@@ -170,10 +170,10 @@ class Knobs:
     # memory one fp32 FMA at a time (about 18k instructions per thread at d64); only a P past
     # 2^120 (or +inf) still takes that rescore. Without it, a key far above a row's standing max
     # arriving late in the row's visit (an attention sink: key 0 is visited last) or logits that
-    # keep rising cost the rescore: H100 2026-11-23 (seventh session, bench/frozen_inputs.py, s8k,
-    # against the exact softmax of v0083), v0088 at d128: sink 0.65x (causal 0.52x), rising
-    # 0.097x; with it (v0091): sink 1.005x / 1.013x, rising 0.87x / 0.85x, d64 sink 1.05x, rising
-    # 0.86x. On the judge's N(0, 1) inputs a tie at d128 and d256 (v0091 0.9985x [0.9965,
+    # keep rising cost the rescore: H100 2026-11-23 (seventh session, bench/frozen_inputs.py at
+    # 2ebedbb, s8k, against the exact softmax of v0083), v0088 at d128: sink 0.65x (causal
+    # 0.52x), rising 0.097x; with it (v0091): sink 1.005x / 1.013x, rising 0.87x / 0.85x, d64 sink
+    # 1.05x, rising 0.86x. On the judge's N(0, 1) inputs a tie at d128 and d256 (v0091 0.9985x [0.9965,
     # 1.0005], v0093 0.9993x [0.9978, 1.0004]) and 0.9992x [0.9985, 0.9998] at d64 (v0092,
     # rejected). On in the seed everywhere; not searched: turning it off only buys that 0.1% on
     # the inputs the judge times, against those cliffs on inputs it does not.
@@ -182,7 +182,8 @@ class Knobs:
     # wait for the PV GEMM (it overlaps that GEMM, as the exact softmax's row max does); only O's
     # rescale waits for it. Where every block goes over (logits that keep rising) the in-place
     # path after the wait cost 13-15% against the exact softmax (H100 2026-11-23, seventh session,
-    # bench/frozen_inputs.py). Compiled only (seventh session); not yet run on a GPU, so not searched.
+    # bench/frozen_inputs.py at 2ebedbb). Compiled only (seventh session); not yet run on a GPU, so
+    # not searched.
     frozen_over_early: bool = False
 
     @property
