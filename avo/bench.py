@@ -19,7 +19,8 @@ from pathlib import Path
 from avo.evaluate import geomean
 from avo.lineage import Lineage, LineageError
 from avo.suites import SuiteError, load_suite
-from avo.timing import BASELINES, LOGIT_PATTERNS
+from avo.timing import BASELINES
+from avo.verify import LOGIT_PATTERNS
 from avo.worker import run_isolated
 
 __all__ = ["main"]
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=32,
                         help="timing rounds per config (each a sample of every kernel, in random order)")
     parser.add_argument("--inputs", default="normal", choices=("normal", *LOGIT_PATTERNS),
-                        help="the timed inputs: N(0, 1), or logits shaped like trained models' (avo.timing."
+                        help="the timed inputs: N(0, 1), or logits shaped like trained models' (avo.verify."
                         "shape_logits: an attention sink, maxima rising toward the first or the last keys); a "
                         "kernel whose speed depends on the values shows it here")
     parser.add_argument("--timeout", type=float, default=1800.0)

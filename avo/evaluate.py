@@ -68,7 +68,7 @@ class Verdict:
     commit_bar: float | None = None  # the lower bound the interval had to clear (see apply_commit_rule)
     estimate: dict = field(default_factory=dict)  # avo.stats.RatioEstimate.as_dict(): per config, pairs
     vs_baselines: dict = field(default_factory=dict)  # name -> {"ratio", "ratio_ci"}: candidate speed / baseline's
-    # logit pattern (avo.timing.LOGIT_PATTERNS) -> {"ratio", "ratio_ci", "per_config"}: candidate speed
+    # logit pattern (avo.verify.LOGIT_PATTERNS) -> {"ratio", "ratio_ci", "per_config"}: candidate speed
     # / incumbent's on those inputs, paired (one config per specialization)
     patterns: dict = field(default_factory=dict)
     measurement: dict = field(default_factory=dict)  # rounds, launches, checks, throttled rounds, telemetry

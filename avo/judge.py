@@ -123,9 +123,11 @@ def pattern_configs(timed: list) -> list:
 
 def _time_patterns(timing, stats, configs: list, kernels: dict, telemetry) -> dict:
     """{pattern: {"ratio", "ratio_ci", "per_config"}}: the candidate's speed over the incumbent's,
-    paired, on logits shaped by each of timing.LOGIT_PATTERNS (its outputs checked there too)."""
+    paired, on logits shaped by each of avo.verify.LOGIT_PATTERNS (its outputs checked there too)."""
+    from avo.verify import LOGIT_PATTERNS
+
     out = {}
-    for pattern in timing.LOGIT_PATTERNS:
+    for pattern in LOGIT_PATTERNS:
         m = timing.measure(configs, kernels, (), min_rounds=PATTERN_ROUNDS, max_rounds=PATTERN_ROUNDS,
                            block=PATTERN_ROUNDS, telemetry=telemetry, pattern=pattern)
         try:

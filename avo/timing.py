@@ -18,8 +18,8 @@ nor one another contender left in memory it could locate (an incumbent's buffer 
 The values are drawn from one distribution per measurement, so the pairs stay pairs. A kernel's
 run time may depend on them (a softmax that skips work while each row's max holds, and pays where
 it does not): `pattern` draws logits shaped like trained models' (an attention sink, rows whose
-max keeps rising toward either end) instead of N(0, 1), and the judge times the candidate
-against the incumbent on those too (LOGIT_PATTERNS).
+max keeps rising toward either end: avo.verify.LOGIT_PATTERNS) instead of N(0, 1), and the judge
+times the candidate against the incumbent on those too.
 
 Every sample of the candidate is checked: every buffer its launches wrote is scanned for the NaN
 poison (a kernel that skips some of its launches fails there), its inputs are checked unchanged,
@@ -60,9 +60,10 @@ from dataclasses import dataclass, field
 import torch
 
 from avo.suites import ShapeConfig
+from avo.verify import shape_logits
 
-__all__ = ["BASELINES", "DENSE_BF16_PEAK_TFLOPS", "LOGIT_PATTERNS", "MIN_SAMPLE_MS", "Measurement", "TimedOutputError",
-           "above_peak", "baseline_fn", "measure", "peak_tflops", "shape_logits"]
+__all__ = ["BASELINES", "DENSE_BF16_PEAK_TFLOPS", "MIN_SAMPLE_MS", "Measurement", "TimedOutputError",
+           "above_peak", "baseline_fn", "measure", "peak_tflops"]
 
 BASELINES = ("fa4", "cudnn", "fa2")
 MIN_SAMPLE_MS = 1.0  # a sample of a short config repeats the launch until it lasts this long
@@ -76,36 +77,6 @@ _SPIN_MIN_S = 50e-6  # the spin also covers the event record and the first launc
 # that "beats" this is a timing bug or skipped work, never a win.
 DENSE_BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "GH200": 989.4, "B200": 2250.0,
                           "B300": 2250.0}
-
-
-# Logits shaped like trained models' rather than N(0, 1), for timing (shape_logits): "sink" key 0
-# of every sequence scores SINK_NATS above the rest (StreamingLLM's attention sink); "rising" keys
-# scaled from 4x at the first key down to 1x at the last, with q doubled, so a row's max keeps
-# rising toward the first keys; "falling" the same toward the last keys. A kernel that visits a
-# row's keys in either order meets its max late in one of the last two.
-LOGIT_PATTERNS = ("sink", "rising", "falling")
-SINK_NATS = 30.0
-
-
-def shape_logits(q: torch.Tensor, k: torch.Tensor, pattern: str) -> None:
-    """Reshape N(0, 1) q and k in place (sequence at dim -3, head_dim last; any leading dims) into
-    `pattern` (LOGIT_PATTERNS, or "normal": unchanged), for the softmax scale 1/sqrt(head_dim).
-    Deterministic: the same inputs give the same result, so inputs can be checked unchanged."""
-    if pattern == "normal":
-        return
-    if pattern not in LOGIT_PATTERNS:
-        raise ValueError(f"unknown logit pattern {pattern!r}: use normal or one of {', '.join(LOGIT_PATTERNS)}")
-    d, seqlen = q.shape[-1], k.shape[-3]
-    if pattern == "sink":  # q . k_0 / sqrt(d) = SINK_NATS: one shared direction
-        q[..., 0] = 1.0
-        sink = k.select(-3, 0)
-        sink.zero_()
-        sink[..., 0] = SINK_NATS * math.sqrt(d)
-        return
-    j = torch.arange(seqlen, device=k.device, dtype=torch.float32) / max(1, seqlen - 1)
-    ramp = 1.0 + 3.0 * ((1.0 - j) if pattern == "rising" else j)
-    k.mul_(ramp.to(k.dtype).view(seqlen, 1, 1))
-    q.mul_(2.0)
 
 
 class TimedOutputError(Exception):

@@ -11,8 +11,9 @@ For every shape and seed:
   inputs: max|out - ref| <= 2 * max|torch_lowp - ref| + 1e-5 (the FlashAttention tests' rule);
 - LSE must match where finite, be -inf exactly where the reference is -inf, never +inf or NaN;
 - inputs are not only N(0,1): each config is also checked with large logits (a softmax without the
-  running max overflows), peaked rows (one key dominates a row), and non-contiguous views (q, k, v
-  and out as strided views of larger buffers, as a packed-QKV model passes them).
+  running max overflows), peaked rows (one key dominates a row), non-contiguous views (q, k, v
+  and out as strided views of larger buffers, as a packed-QKV model passes them), and an attention
+  sink (key 0 far above the rest, as trained models show).
 Fresh seeds on every call of `check`, so a kernel that caches outputs fails the second time.
 """
 
@@ -27,15 +28,17 @@ import torch
 from avo.reference import reference_attention
 from avo.suites import ShapeConfig
 
-__all__ = ["INPUT_KINDS", "LSE_ATOL", "check", "compare", "check_rows", "random_inputs", "reference",
-           "scattered_rows"]
+__all__ = ["INPUT_KINDS", "LOGIT_PATTERNS", "LSE_ATOL", "SINK_NATS", "check", "compare", "check_rows",
+           "random_inputs", "reference", "scattered_rows", "shape_logits"]
 
 LSE_ATOL = 2e-3
 LSE_RTOL = 1e-5
 # How inputs are drawn: "normal" N(0,1); "large" q and k scaled by 8 (logits of std 64: exp without
 # max subtraction overflows fp32); "peaked" a quarter of the query rows copy a key scaled by 4, so
-# one key dominates; "strided" normal values in non-contiguous views.
-INPUT_KINDS = ("normal", "large", "peaked", "strided")
+# one key dominates; "strided" normal values in non-contiguous views; "sink" key 0 of every sequence
+# far above the rest (LOGIT_PATTERNS below), the pattern the judge also times: a kernel wrong only
+# there fails here, whatever its speed.
+INPUT_KINDS = ("normal", "large", "peaked", "strided", "sink")
 _SLEEP_CYCLES = 2_000_000  # ~1 ms: long enough that a kernel on another stream runs first
 _SMALL_ELEMENTS = 1 << 22  # q of at most 4M elements: cheap enough to check with every input kind, every row
 _WINDOW = 512  # query rows per reference window on longer inputs
@@ -43,6 +46,37 @@ _WINDOW = 512  # query rows per reference window on longer inputs
 # 128-row tile of a 32k sequence (every head and batch) is seen with 86% probability per check,
 # where one random window sees it 2-4% of the time (zoo: one_middle_tile_skipped_on_long_sequences).
 _SCATTERED = 512
+
+
+# Logits shaped like trained models' rather than N(0, 1) (shape_logits), timed by the judge and
+# avo.bench --inputs; "sink" is also a correctness kind (INPUT_KINDS): "sink" key 0
+# of every sequence scores SINK_NATS above the rest (StreamingLLM's attention sink); "rising" keys
+# scaled from 4x at the first key down to 1x at the last, with q doubled, so a row's max keeps
+# rising toward the first keys; "falling" the same toward the last keys. A kernel that visits a
+# row's keys in either order meets its max late in one of the last two.
+LOGIT_PATTERNS = ("sink", "rising", "falling")
+SINK_NATS = 30.0
+
+
+def shape_logits(q: torch.Tensor, k: torch.Tensor, pattern: str) -> None:
+    """Reshape N(0, 1) q and k in place (sequence at dim -3, head_dim last; any leading dims) into
+    `pattern` (LOGIT_PATTERNS, or "normal": unchanged), for the softmax scale 1/sqrt(head_dim).
+    Deterministic: the same inputs give the same result, so inputs can be checked unchanged."""
+    if pattern == "normal":
+        return
+    if pattern not in LOGIT_PATTERNS:
+        raise ValueError(f"unknown logit pattern {pattern!r}: use normal or one of {', '.join(LOGIT_PATTERNS)}")
+    d, seqlen = q.shape[-1], k.shape[-3]
+    if pattern == "sink":  # q . k_0 / sqrt(d) = SINK_NATS: one shared direction
+        q[..., 0] = 1.0
+        sink = k.select(-3, 0)
+        sink.zero_()
+        sink[..., 0] = SINK_NATS * math.sqrt(d)
+        return
+    j = torch.arange(seqlen, device=k.device, dtype=torch.float32) / max(1, seqlen - 1)
+    ramp = 1.0 + 3.0 * ((1.0 - j) if pattern == "rising" else j)
+    k.mul_(ramp.to(k.dtype).view(seqlen, 1, 1))
+    q.mul_(2.0)
 
 
 def scattered_rows(seqlen_q: int, seed: int, count: int = _SCATTERED) -> torch.Tensor:
@@ -69,6 +103,8 @@ def random_inputs(config: ShapeConfig, seed: int, device="cuda", kind: str = "no
         keys = torch.randint(0, sk, (rows.numel(),), generator=gen, device=device)
         group = hq // hkv
         q[:, rows] = 4 * k[:, keys].repeat_interleave(group, dim=2)
+    elif kind == "sink":
+        shape_logits(q, k, "sink")
     elif kind not in ("normal", "strided"):
         raise ValueError(f"unknown input kind {kind!r}: use one of {INPUT_KINDS}")
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)

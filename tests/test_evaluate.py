@@ -93,12 +93,12 @@ def test_a_commit_must_keep_its_speed_on_shaped_logits(sink_ci, status):
 
 
 def test_shaped_logits_put_each_pattern_where_it_says():
-    """timing.shape_logits on N(0, 1) q, k (sequence at dim -3, any leading dims: the timing's
+    """verify.shape_logits on N(0, 1) q, k (sequence at dim -3, any leading dims: the timing's
     stacked input sets): the sink takes every row's whole softmax; rising and falling move each
     row's largest logits toward the first and the last keys; deterministic; unknown names refused."""
     import torch
 
-    from avo.timing import LOGIT_PATTERNS, SINK_NATS, shape_logits
+    from avo.verify import LOGIT_PATTERNS, SINK_NATS, shape_logits
 
     def logits(pattern):
         g = torch.Generator().manual_seed(3)
@@ -119,6 +119,25 @@ def test_shaped_logits_put_each_pattern_where_it_says():
     assert torch.equal(logits("normal"), logits("normal"))
     with pytest.raises(ValueError, match="unknown logit pattern 'spiky'"):
         shape_logits(torch.zeros(1, 4, 1, 8), torch.zeros(1, 4, 1, 8), "spiky")
+
+
+def test_correctness_draws_sink_inputs_too():
+    """A kernel wrong only on an attention sink fails the correctness stage, whatever its speed:
+    "sink" is one of its input kinds, every small config gets it, and its inputs put key 0 above
+    every other key of every row, in every GQA group."""
+    import torch
+
+    from avo.suites import ShapeConfig
+    from avo.verify import INPUT_KINDS, random_inputs
+
+    assert INPUT_KINDS[-1] == "sink" and len(INPUT_KINDS) == 5
+    config = ShapeConfig("c", 2, 40, 300, 8, 2, 64, False, "fp16")
+    q, k, _v = random_inputs(config, 5, device="cpu", kind="sink")
+    kk = k.float().repeat_interleave(4, dim=2)  # each query head against its KV head
+    s = torch.einsum("bqhd,bkhd->bhqk", q.float(), kk) / 8
+    assert float(torch.softmax(s, -1)[..., 0].min()) > 0.999999
+    _, normal_k, _ = random_inputs(config, 5, device="cpu")
+    assert float(normal_k.float().abs().max()) < 10 < float(k.float().abs().max())
 
 
 def test_the_patterns_are_timed_on_one_config_per_specialization():
@@ -143,7 +162,8 @@ def test_the_judge_estimates_each_pattern_from_its_own_paired_rounds():
 
     from avo import stats
     from avo.judge import PATTERN_ROUNDS, _time_patterns
-    from avo.timing import LOGIT_PATTERNS, Measurement
+    from avo.timing import Measurement
+    from avo.verify import LOGIT_PATTERNS
 
     calls = []
     slowdown = {"sink": 2.0, "rising": 1.0, "falling": 1.25}
@@ -158,7 +178,7 @@ def test_the_judge_estimates_each_pattern_from_its_own_paired_rounds():
         return m
 
     configs = [SimpleNamespace(name="x"), SimpleNamespace(name="y")]
-    fake = SimpleNamespace(LOGIT_PATTERNS=LOGIT_PATTERNS, measure=measure)
+    fake = SimpleNamespace(measure=measure)
     out = _time_patterns(fake, stats, configs, {"candidate": {}, "incumbent": {}}, None)
     assert [c[1] for c in calls] == list(LOGIT_PATTERNS) and PATTERN_ROUNDS == 4
     assert all(c[0] == ("x", "y") and c[2:] == (4, 4, ()) for c in calls)

@@ -11,6 +11,7 @@ from avo.static_check import check
 from tests.zoo import (
     LONG_SEQUENCE_VARIANTS,
     LONG_SUITE,
+    SHAPED_LOGIT_VARIANTS,
     STATE_CHEATS,
     VARIANTS,
     caching_wrapper,
@@ -21,10 +22,11 @@ from tests.zoo import (
 CPU_COMPILED = ["right_only_on_the_suite_shapes", "wrong_last_tile", "fp16_accumulation", "side_stream_launch",
                 "illegal_address",
                 "softmax_without_running_max", "lse_plus_inf_on_masked_rows", "kv_batch_stride_from_seqlen_q",
-                "race_no_barrier_after_compute", *STATE_CHEATS, *LONG_SEQUENCE_VARIANTS]
+                "race_no_barrier_after_compute", *STATE_CHEATS, *LONG_SEQUENCE_VARIANTS, *SHAPED_LOGIT_VARIANTS]
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS) + sorted(STATE_CHEATS) + sorted(LONG_SEQUENCE_VARIANTS))
+@pytest.mark.parametrize("name", sorted(VARIANTS) + sorted(STATE_CHEATS) + sorted(LONG_SEQUENCE_VARIANTS)
+                         + sorted(SHAPED_LOGIT_VARIANTS))
 def test_variant_passes_static_checks(name, tmp_path):
     path = make_variant(name, tmp_path)
     assert check(path.read_text()) == (True, "")
@@ -89,3 +91,23 @@ def test_a_kernel_wrong_where_verification_seldom_looks_is_rejected(name, tmp_pa
     assert words in verdict.diagnosis and verdict.geomean == 0.0, verdict.diagnosis
     honest = evaluate(jit.render("naive_attention"), suite=str(suite), sanitize=False, timeout_s=300)
     assert honest.status == "committed" and honest.geomean > 0, honest.diagnosis  # fair suite; no incumbent
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(SHAPED_LOGIT_VARIANTS))
+def test_a_kernel_that_differs_only_on_shaped_logits_is_not_committed(name, tmp_path):
+    """Right and a tie with the honest kernel on N(0, 1), and slower or wrong only on an attention
+    sink: the correctness stage's sink inputs fail the wrong one, the judge's pattern stage (timed
+    against the incumbent) turns the slow one's would-be commit into a reject; each diagnosis names
+    the sink."""
+    _patches, status, words = SHAPED_LOGIT_VARIANTS[name]
+    honest = jit.render("naive_attention")
+    verdict = evaluate(make_variant(name, tmp_path), suite="zoo", incumbent=honest, sanitize=False, timeout_s=300)
+    assert verdict.status == status, verdict.diagnosis
+    assert words in verdict.diagnosis, verdict.diagnosis
+    if status == "rejected":
+        sink = verdict.patterns["sink"]
+        assert sink["ratio_ci"][1] < 0.5 and verdict.patterns["rising"]["ratio_ci"][1] > 0.9, verdict.patterns
+        assert verdict.ratio_ci[1] >= 0.99, verdict.diagnosis  # no loss on N(0, 1): the patterns decided
+    else:
+        assert verdict.stage == "correctness", verdict.stage

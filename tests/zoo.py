@@ -147,6 +147,45 @@ LONG_SEQUENCE_VARIANTS = {
         "        row_max = -Float32.inf\n",
         "failed_correctness", "output error"),
 }
+# Kernels that are right and as fast as the honest one on N(0, 1) inputs, and differ only on logits
+# shaped like trained models' (an attention sink: key 0 far above the rest; avo.verify's
+# LOGIT_PATTERNS): name -> (patches, expected status, words the diagnosis must contain). Wrong
+# there: the correctness stage's "sink" inputs catch it, whatever its speed. Slower there: the
+# judge times a would-be commit against its incumbent on those logits. The probe reads key 0's
+# first component, the same for every thread of a CTA; N(0, 1) and the "large" correctness inputs
+# (q, k times 8) stay far below 100, a sink is 30 sqrt(d).
+_SINK_PROBE = "mK[batch, 0, head_kv, 0].to(Float32) > Float32(100.0)"
+SHAPED_LOGIT_VARIANTS = {
+    # the whole K/V loop four times over where a sink stands out (each pass starts afresh, so the
+    # output stays right): a tie on N(0, 1), 0.25x on sink logits, the way a softmax that skips work
+    # while each row's max holds pays for a late sink
+    "slow_only_on_sink_logits": (
+        [("        row_max = -Float32.inf\n        row_sum = Float32(0.0)\n"
+          "        for n_block in cutlass.range(cute.ceil_div(n_keys, TILE_N)):\n",
+          "        passes = Int32(1)\n"
+          f"        if {_SINK_PROBE}:\n"
+          "            passes = Int32(4)  # cheat: the work four times over where a sink key stands out\n"
+          "        row_max = -Float32.inf\n        row_sum = Float32(0.0)\n"
+          "        n_blocks = cute.ceil_div(n_keys, TILE_N)\n"
+          "        for step in cutlass.range(n_blocks * passes):\n"
+          "            n_block = step % n_blocks\n"
+          "            if n_block == 0:  # each pass starts afresh: the last one's result stays\n"
+          "                row_max = -Float32.inf\n"
+          "                row_sum = Float32(0.0)\n"
+          "                acc.fill(0.0)\n")],
+        "rejected", "sink logits"),
+    # the sink key itself left out where it stands out: right on N(0, 1), large, peaked and strided
+    # inputs, wrong on sink ones
+    "wrong_only_on_sink_logits": (
+        [("        row_max = -Float32.inf\n",
+          "        first_key = Int32(0)\n"
+          f"        if {_SINK_PROBE}:\n"
+          "            first_key = Int32(1)  # cheat: the sink key dropped where it stands out\n"
+          "        row_max = -Float32.inf\n"),
+         ("                if key <= last_key:\n",
+          "                if (key <= last_key) & (key >= first_key):\n")],
+        "failed_correctness", "sink inputs"),
+}
 LONG_SUITE = """name: zoo_long
 dtype: fp16
 head_dim: 64
@@ -160,6 +199,8 @@ heads: [[8, 8]]
 def make_variant(name: str, directory: Path) -> Path:
     if name in STATE_CHEATS:
         patches = STATE_CHEATS[name]
+    elif name in SHAPED_LOGIT_VARIANTS:
+        patches = SHAPED_LOGIT_VARIANTS[name][0]
     else:
         patches = [(VARIANTS.get(name) or LONG_SEQUENCE_VARIANTS[name])[:2]]
     text = jit.render("naive_attention").read_text()
