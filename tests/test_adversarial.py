@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+import avo.evaluate
 import avo.jit
+import avo.judge
 import avo.reference
 import avo.stats
 import avo.timing
@@ -87,12 +89,16 @@ def _candidate(world, name: str) -> Path:
 
 
 def _judge_functions() -> dict:
-    """The parent's verifier, reference, loader, sampler and estimator functions (avo.verify.check,
-    avo.reference.reference_attention, avo.jit.load_callable, avo.timing.measure, avo.stats.decide,
-    ...), and the sampler's methods."""
-    found = {f"{m.__name__}.{k}": v for m in (avo.verify, avo.reference, avo.jit, avo.timing, avo.stats)
-             for k, v in vars(m).items() if callable(v)}
+    """The parent's verifier, reference, loader, sampler, judge, estimator and commit-rule functions
+    (avo.verify.check, avo.reference.reference_attention, avo.jit.load_callable, avo.timing.measure,
+    avo.judge._time_patterns, avo.stats.decide, avo.evaluate.apply_commit_rule, ...), the sampler's
+    methods, and the constants that say what the judge looks at (input kinds, logit patterns, the
+    pattern floor)."""
+    modules = (avo.verify, avo.reference, avo.jit, avo.timing, avo.stats, avo.judge, avo.evaluate)
+    found = {f"{m.__name__}.{k}": v for m in modules for k, v in vars(m).items() if callable(v)}
     found.update({f"avo.timing._ConfigState.{k}": v for k, v in vars(avo.timing._ConfigState).items() if callable(v)})
+    found.update({"avo.verify.INPUT_KINDS": avo.verify.INPUT_KINDS, "avo.verify.LOGIT_PATTERNS":
+                  avo.verify.LOGIT_PATTERNS, "avo.evaluate.PATTERN_FLOOR": avo.evaluate.PATTERN_FLOOR})
     return found
 
 
