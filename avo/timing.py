@@ -237,8 +237,10 @@ class _ConfigState:
         self.turn: dict[str, int] = {}
         # one provisional input set to warm up and calibrate with; the launches per sample it gives
         # fix how many sets there are
-        self.stacks = tuple(t.unsqueeze(0) for t in random_inputs(config, rng.randrange(1 << 30)))
-        shape_logits(self.stacks[0], self.stacks[1], pattern)  # calibrated on the inputs it times
+        seed = rng.randrange(1 << 30)
+        self.stacks = tuple(t.unsqueeze(0) for t in random_inputs(config, seed))
+        shape_logits(self.stacks[0], self.stacks[1], pattern,  # calibrated on the inputs it times
+                     torch.Generator(device="cuda").manual_seed(seed))
         # the checked contender reads input sets of its own (checked_stacks, drawn from seeds[checked]),
         # so that its checks can wait for the end of the round: the samples after it regenerate
         # only self.stacks
@@ -307,7 +309,7 @@ class _ConfigState:
         gen = torch.Generator(device="cuda").manual_seed(seed)
         for stack in stacks:
             stack.normal_(generator=gen)
-        shape_logits(stacks[0], stacks[1], self.pattern)
+        shape_logits(stacks[0], stacks[1], self.pattern, gen)
 
     def _inputs_unchanged(self, name: str) -> bool:
         fresh = tuple(torch.empty_like(stack) for stack in self._stacks(name))

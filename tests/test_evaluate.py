@@ -95,28 +95,39 @@ def test_a_commit_must_keep_its_speed_on_shaped_logits(sink_ci, status):
 def test_shaped_logits_put_each_pattern_where_it_says():
     """verify.shape_logits on N(0, 1) q, k (sequence at dim -3, any leading dims: the timing's
     stacked input sets): the sink takes every row's whole softmax; rising and falling move each
-    row's largest logits toward the first and the last keys; deterministic; unknown names refused."""
+    row's largest logits toward the first and the last keys; deterministic for one generator state;
+    the sink's direction and strength differ between draws (nothing exact to recognise it by);
+    unknown names refused."""
     import torch
 
     from avo.verify import LOGIT_PATTERNS, SINK_NATS, shape_logits
 
-    def logits(pattern):
+    def logits(pattern, sink_seed=7):
         g = torch.Generator().manual_seed(3)
         q, k = torch.randn(2, 1, 64, 2, 32, generator=g), torch.randn(2, 1, 512, 2, 32, generator=g)
-        shape_logits(q, k, pattern)
-        return torch.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(32)
+        shape_logits(q, k, pattern, torch.Generator().manual_seed(sink_seed))
+        return torch.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(32), k
 
-    assert LOGIT_PATTERNS == ("sink", "rising", "falling") and SINK_NATS == 30.0
-    sink = logits("sink")
+    assert LOGIT_PATTERNS == ("sink", "rising", "falling") and SINK_NATS == (24.0, 40.0)
+    sink, k = logits("sink")
     assert float(torch.softmax(sink, -1)[..., 0].min()) > 0.999999
-    assert float((sink[..., 0] - sink[..., 1:].amax(-1)).min()) > SINK_NATS - 6
+    strength = sink[..., 0]  # per KV head, within SINK_NATS, the same for every query of a head
+    assert SINK_NATS[0] - 1e-3 < float(strength.min()) and float(strength.max()) < SINK_NATS[1] + 1e-3
+    heads_differ = float((strength[..., 0, :] - strength[..., 1, :]).abs().max())
+    assert float((strength - strength[..., :1]).abs().max()) < 1e-3 < heads_differ
+    assert float((sink[..., 0] - sink[..., 1:].amax(-1)).min()) > SINK_NATS[0] - 6
+    assert torch.equal(sink, logits("sink")[0])
+    other, other_k = logits("sink", sink_seed=8)  # another draw: another direction and strengths
+    assert float((other[..., 0] - sink[..., 0]).abs().max()) > 0.1
+    cosine = torch.nn.functional.cosine_similarity(k[0, 0, 0, 0], other_k[0, 0, 0, 0], dim=0)
+    assert float(cosine.abs()) < 0.9
     first, last = slice(0, 128), slice(384, 512)
     for pattern, high, low in (("rising", first, last), ("falling", last, first)):
-        s = logits(pattern)
+        s = logits(pattern)[0]
         assert float(s[..., high].std() / s[..., low].std()) > 2.5, pattern
         assert float((s.argmax(-1).float() - 255.5).abs().mean()) > 128, pattern  # maxima at the high end
-        assert torch.equal(s, logits(pattern))
-    assert torch.equal(logits("normal"), logits("normal"))
+        assert torch.equal(s, logits(pattern)[0])
+    assert torch.equal(logits("normal")[0], logits("normal")[0])
     with pytest.raises(ValueError, match="unknown logit pattern 'spiky'"):
         shape_logits(torch.zeros(1, 4, 1, 8), torch.zeros(1, 4, 1, 8), "spiky")
 
