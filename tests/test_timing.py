@@ -144,16 +144,21 @@ def test_a_kernel_slow_only_on_shaped_logits_is_seen_there_and_not_on_normal_one
 
     config, fn = _honest_kernel()
 
-    def value_dependent(q, k, v, o, lse, scale):
-        repeats = 4 if bool((k[:, 0].float().abs().amax() > 100).item()) else 1
-        for _ in range(repeats):
-            fn(q, k, v, o, lse, scale)
+    def probing(times_on_sink):
+        # the probe's host sync costs the same on both sides (a probe on one side only read 0.73-0.80x
+        # on N(0, 1), H100, 2026-11-23: the sync, not the work); only the repeats differ
+        def run(q, k, v, o, lse, scale):
+            repeats = times_on_sink if bool((k[:, 0].float().square().sum(-1).amax() > 200 * k.shape[-1]).item()) else 1
+            for _ in range(repeats):
+                fn(q, k, v, o, lse, scale)
+        return run
 
-    kernels = {"candidate": {config.spec: value_dependent}, "incumbent": {config.spec: fn}}
+    kernels = {"candidate": {config.spec: probing(4)}, "incumbent": {config.spec: probing(1)}}
     normal = stats.paired_ratio(timing.measure([config], kernels, min_rounds=6, seed=5).pairs())
     sink = timing.measure([config], kernels, min_rounds=6, seed=5, pattern="sink")
     assert normal.lo < 1.05 and normal.hi > 0.9
-    assert stats.paired_ratio(sink.pairs()).hi < 0.5 and sink.checks == 6
+    # every round's candidate sample checked (min_rounds 6 rounds up to the first block of 8)
+    assert stats.paired_ratio(sink.pairs()).hi < 0.5 and sink.checks == len(sink.pairs()[config.name]) == 8
     with pytest.raises(ValueError, match="unknown logit pattern"):
         timing.measure([config], kernels, pattern="spiky")
 
