@@ -31,7 +31,7 @@ def _default_knobs_before_tables(spec):
     d128 (v0052, v0053); d128 without ping-pong and causal GQA unpacked (the GQA transfer, v0056);
     lazy rescale at d256 (v0070, in place of the rescale before the PV) and causal d128 (v0069),
     both replaced by the frozen row max on every spec (v0087-v0089), with the in-place rescale where
-    a row goes over (v0091, v0093); the last wave split over 2-CTA
+    a row goes over (v0091, v0093), before the PV wait at d128 and d256 (v0094, v0096); the last wave split over 2-CTA
     clusters at non-causal d64 (v0074), and over 8-CTA clusters at non-causal d128 and d256, its
     launch overlapping the main one's drain on all three (v0077-v0079), and at d128 only with at
     least 8 K/V blocks per CTA of a split (v0083)."""
@@ -44,6 +44,8 @@ def _default_knobs_before_tables(spec):
         k = k.replace(pack_gqa=True)
     if hd in (64, 128):
         k = k.replace(bitmask_causal_mask=True)
+    if hd in (128, 256):
+        k = k.replace(frozen_over_early=True)
     if not spec.causal:
         k = k.replace(tail_kv_split=2 if hd == 64 else 8, tail_pdl=True)
     if hd == 128:
@@ -59,10 +61,11 @@ def test_seed_table_gives_every_spec_the_knobs_it_had():
         assert K.SEED_TABLE.for_spec(spec) == _default_knobs_before_tables(spec), spec.key()
         assert K.default_knobs(spec) == K.SEED_TABLE.for_spec(spec)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, True, 8)) == K.Knobs(
-        head_swizzle=True, pingpong=False, bitmask_causal_mask=True, frozen_row_max=True, frozen_over_in_place=True)
+        head_swizzle=True, pingpong=False, bitmask_causal_mask=True, frozen_row_max=True, frozen_over_in_place=True,
+        frozen_over_early=True)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, False, 8)) == K.Knobs(
         pack_gqa=True, head_swizzle=False, pingpong=False, bitmask_causal_mask=True, tail_kv_split=8, tail_pdl=True,
-        tail_split_min_blocks=8, frozen_row_max=True, frozen_over_in_place=True)
+        tail_split_min_blocks=8, frozen_row_max=True, frozen_over_in_place=True, frozen_over_early=True)
     assert K.SEED_TABLE.for_spec(AttentionSpec("bf16", 64, False, 3)).pack_gqa  # 3 divides 192
     assert not K.SEED_TABLE.for_spec(AttentionSpec("bf16", 128, False, 3)).pack_gqa
 
@@ -129,7 +132,7 @@ def test_load_knobs_and_load_table_read_both_forms():
     spec = AttentionSpec("bf16", 128, False, 4)
     seeded = K.Knobs(tile_n=176, pack_gqa=True, head_swizzle=False, pingpong=False, bitmask_causal_mask=True,
                      tail_kv_split=8, tail_pdl=True, tail_split_min_blocks=8, frozen_row_max=True,
-                     frozen_over_in_place=True)
+                     frozen_over_in_place=True, frozen_over_early=True)
     assert jit.load_knobs(FAMILY, table.as_dict(), spec=spec) == seeded
     assert jit.load_knobs(FAMILY, {"tile_n": 176}, spec=spec) == seeded
     assert jit.load_table(FAMILY) == K.SEED_TABLE
