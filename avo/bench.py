@@ -41,6 +41,9 @@ def main(argv=None) -> int:
                         help="the timed inputs: N(0, 1), or logits shaped like trained models' (avo.verify."
                         "shape_logits: an attention sink, maxima rising toward the first or the last keys); a "
                         "kernel whose speed depends on the values shows it here")
+    parser.add_argument("--crossover", action="store_true",
+                        help="with --compare: the two kernels trade input and output buffers every other round "
+                        "(an A/A check of where buffers sit; the judge does not)")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--out", help="JSON file (default bench/results/<date>_<suite>.json)")
     args = parser.parse_args(argv)
@@ -54,6 +57,9 @@ def main(argv=None) -> int:
     except (SuiteError, LineageError, FileNotFoundError, jit.CompileError) as exc:
         print(f"avo.bench: {exc}", file=sys.stderr)
         return 2
+    if args.crossover and not compare:
+        print("avo.bench: --crossover trades buffers between two kernels: it needs --compare", file=sys.stderr)
+        return 2
     if jit.current_arch() is None:
         print("avo.bench: no CUDA GPU here; benchmarks need an H100/H200 (sm_90a). "
               "`python -m avo.eval --compile-only` checks compilation without one.", file=sys.stderr)
@@ -66,7 +72,7 @@ def main(argv=None) -> int:
     result = run_isolated("avo.bench:_bench_task", {"source": str(source), "suite": args.suite,
                                                     "baselines": baselines, "rounds": args.rounds,
                                                     "compare": str(compare) if compare else None,
-                                                    "inputs": args.inputs},
+                                                    "inputs": args.inputs, "crossover": args.crossover},
                           timeout_s=args.timeout)
     if not result.ok:
         print(f"avo.bench: {result.summary()}\n{result.stderr_tail[-1500:]}", file=sys.stderr)
@@ -107,7 +113,8 @@ def format_report(report: dict) -> str:
     names = ["avo"] + (["compare"] if compare else []) + list(report["baselines"])
     inputs = report.get("inputs", "normal")
     lines = [f"{report['device']}, {report['date']}, torch {report['torch']}, cutlass-dsl {report['cutlass_dsl']}"
-             + ("" if inputs == "normal" else f", {inputs} logits"),
+             + ("" if inputs == "normal" else f", {inputs} logits")
+             + (", buffers crossed over every other round" if report.get("crossover") else ""),
              f"{'config':30s}" + "".join(f"{n:>9s}" for n in names)
              + "".join(f"{'/' + n:>9s}" for n in names[1:]) + "   (TFLOPS; ratios avo/other)"]
     for config, value in report["scores"].items():
@@ -138,7 +145,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _bench_task(source, suite, baselines, rounds, compare=None, inputs="normal") -> dict:
+def _bench_task(source, suite, baselines, rounds, compare=None, inputs="normal", crossover=False) -> dict:
     import cutlass
     import torch
 
@@ -174,7 +181,7 @@ def _bench_task(source, suite, baselines, rounds, compare=None, inputs="normal")
     if compare:
         contenders["incumbent"] = {s: k.fn for s, k in compiled(compare).items()}
     m = timing.measure(list(suite_obj.timed), contenders, tuple(baselines), min_rounds=rounds, block=rounds,
-                       telemetry=Telemetry(), pattern=inputs)
+                       telemetry=Telemetry(), pattern=inputs, crossover="incumbent" if crossover else None)
     tflops = m.tflops(list(suite_obj.timed))
     over = timing.above_peak(tflops["candidate"])
     if over:
@@ -184,7 +191,7 @@ def _bench_task(source, suite, baselines, rounds, compare=None, inputs="normal")
     geo = {"avo": geomean(tflops["candidate"].values()), **{b: geomean(tflops[b].values()) for b in complete}}
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "cutlass_dsl": cutlass.__version__,
-              "suite": suite, "inputs": inputs, "scores": tflops["candidate"],
+              "suite": suite, "inputs": inputs, "crossover": bool(crossover and compare), "scores": tflops["candidate"],
               "baselines": {b: tflops.get(b, {}) for b in baselines},
               "geomean": geo, "vs_baselines": m.versus(baselines), "correctness_checks": checked,
               "compile_seconds": compile_seconds, "configs": {c.name: c.as_dict() for c in suite_obj.timed},

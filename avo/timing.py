@@ -157,19 +157,22 @@ class Measurement:
 def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tuple[str, ...] = (),
             needs_more: Callable[[Measurement], bool] | None = None, min_rounds: int = 8,
             max_rounds: int = 64, block: int = 8, check: str | None = "candidate",
-            telemetry=None, seed: int | None = None, pattern: str = "normal") -> Measurement:
+            telemetry=None, seed: int | None = None, pattern: str = "normal",
+            crossover: str | None = None) -> Measurement:
     """Time every contender on every config in interleaved rounds. `kernels` maps a contender
     name to {AttentionSpec: fn(q, k, v, o, lse, scale)}; baselines are added by name. Rounds come in
     blocks of `block` over all configs until `min_rounds`, then while `needs_more(measurement)`
     says so, up to `max_rounds`. Inputs are N(0, 1) shaped by `pattern` (shape_logits). Raises
     TimedOutputError when a checked output of `check` is wrong, ValueError (shape_logits, before any
-    sample) on an unknown pattern."""
+    sample) on an unknown pattern. `crossover` names a contender (e.g. "incumbent") that trades its
+    input and output buffers with `check`'s every other round, so that where a buffer sits in
+    memory is not one side's for the whole measurement (an experiment: off in the judge)."""
     from avo import verify
 
     rng = random.Random(seed)
     result = Measurement()
     flush = torch.empty(_L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
-    states = [_ConfigState(config, kernels, baselines, result, rng, check, pattern) for config in configs]
+    states = [_ConfigState(config, kernels, baselines, result, rng, check, pattern, crossover) for config in configs]
     readings = []
     rounds = 0
     while rounds < min_rounds or (needs_more is not None and rounds < max_rounds and needs_more(result)):
@@ -177,6 +180,7 @@ def measure(configs: list[ShapeConfig], kernels: dict[str, dict], baselines: tup
         step = block if rounds < min_rounds else min(rounds, max_rounds - rounds)
         for state in states:
             for _ in range(step):
+                state.cross(len(result.flags[state.config.name]) % 2 == 1)  # odd rounds, where crossing over
                 order = list(state.contenders)
                 rng.shuffle(order)
                 ms = {}
@@ -224,7 +228,7 @@ class _ConfigState:
     output buffers of its turn."""
 
     def __init__(self, config: ShapeConfig, kernels: dict, baselines, result: Measurement, rng,
-                 checked: str | None = None, pattern: str = "normal"):
+                 checked: str | None = None, pattern: str = "normal", crossover: str | None = None):
         from avo.verify import random_inputs
 
         self.config = config
@@ -245,6 +249,9 @@ class _ConfigState:
         # so that its checks can wait for the end of the round: the samples after it regenerate
         # only self.stacks
         self.checked = checked if checked in self.kernels else None
+        # the contender that trades buffers with the checked one in crossed rounds (cross())
+        self.partner = crossover if self.checked and crossover in self.kernels and crossover != checked else None
+        self.crossed = False
         self.seeds: dict[str, int] = {}
         self.checked_stacks = self.stacks
         self._bind(result)
@@ -271,13 +278,35 @@ class _ConfigState:
             self.buffers[name] += [self._output_buffers() for _ in range(max(_ROTATE, self.launches) - 1)]
 
     def _bind(self, result: Measurement) -> None:
-        """self.contenders[name][j]: fn(o, lse) running contender `name` on input set j."""
-        self.contenders: dict[str, list[Callable]] = {}
+        """self.contenders[name][j]: fn(o, lse) running contender `name` on input set j; with a
+        crossover partner, also the same with the two input sets exchanged (self._crossed)."""
+        self.contenders = self._bound(result)
+        if self.partner:
+            self.stacks, self.checked_stacks = self.checked_stacks, self.stacks
+            self._crossed = self._bound(result)
+            self.stacks, self.checked_stacks = self.checked_stacks, self.stacks
+
+    def cross(self, on: bool) -> None:
+        """Crossed (on) or not: the checked contender reads the shared input sets and the partner
+        (with everyone else) the checked one's, and the two use each other's output buffers. Only
+        between rounds: the checked contender's inputs and outputs stay as its sample left them
+        until its checks at the round's end."""
+        if not self.partner or on == self.crossed:
+            return
+        a, b = self.checked, self.partner
+        self.stacks, self.checked_stacks = self.checked_stacks, self.stacks
+        self.contenders, self._crossed = self._crossed, self.contenders
+        self.buffers[a], self.buffers[b] = self.buffers[b], self.buffers[a]
+        self.turn[a], self.turn[b] = self.turn.get(b, 0), self.turn.get(a, 0)
+        self.crossed = on
+
+    def _bound(self, result: Measurement) -> dict[str, list[Callable]]:
+        contenders: dict[str, list[Callable]] = {}
         sets = list(zip(*self.stacks, strict=True))
         for name, fn in self.kernels.items():
             own = list(zip(*self._stacks(name), strict=True))
-            self.contenders[name] = [lambda o, lse, fn=fn, q=q, k=k, v=v: fn(q, k, v, o, lse, self.scale)
-                                     for q, k, v in own]
+            contenders[name] = [lambda o, lse, fn=fn, q=q, k=k, v=v: fn(q, k, v, o, lse, self.scale)
+                                for q, k, v in own]
         for name in self.baselines:
             runs = []
             for q, k, v in sets:
@@ -287,7 +316,8 @@ class _ConfigState:
                     break
                 runs.append(lambda o, lse, run=run: run())
             else:
-                self.contenders[name] = runs
+                contenders[name] = runs
+        return contenders
 
     def _output_buffers(self) -> tuple:
         config = self.config

@@ -6,7 +6,7 @@
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh ncu [KERNEL] [CONFIG]  # Nsight Compute, kernel vs FA4
 #   source .gpu-bundle/b/setup.sh && bash bench/fa4_gap_visit.sh knobs [SUITE] [ROUNDS] NAME='{json}' ... [NAME=file.py]
 #   ... ncu-mem | ncu-src | lineage | final [NODE] | eval SUITE INCUMBENT FILE... | aa SUITE NODE | run NAME SUITE HOURS
-#   | frozen-inputs OLD.py NEW.py [SUITES]
+#   | frozen-inputs OLD.py NEW.py [SUITES] | aa-split SUITE NODE
 #   | run-final NAME SUITE (see each mode)
 set -uo pipefail
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-cache}
@@ -120,6 +120,20 @@ EOF
     copy=/tmp/aa_$3.py
     { cat "archive/sources/$3.py"; printf '\n# A/A copy of %s (a judge check)\n' "$3"; } > "$copy"
     bash "$0" eval "$2" "$3" "$copy" ;;
+  aa-split)  # `aa-split SUITE NODE`: where an A/A bias comes from (eighth session: an A/A judge of v0094
+    # read 1.0072x [1.0056, 1.0089]). The node against itself as one callable (same module, same
+    # code) and against its copy (another module), each with fixed buffers and with --crossover
+    # (the two trade input and output buffers every other round). A bias in the fixed runs that
+    # the crossover removes sits in the buffers; one in both copy runs only, in the module
+    copy=/tmp/aa_$3.py
+    { cat "archive/sources/$3.py"; printf '\n# A/A copy of %s (a judge check)\n' "$3"; } > "$copy"
+    for other in "$3" "$copy"; do
+      for cross in "" --crossover; do
+        timeout 140 python3 -m avo.bench --kernel "$3" --compare "$other" --suite "$2" --baselines "" $cross \
+          --rounds "${ROUNDS:-16}" --out "$out/aa_split_$(basename "$other" .py)${cross}.json" 2>&1 \
+          | grep "in the same run (paired" | sed "s|^|$(basename "$other") ${cross:-fixed}: |" | tee -a "$out/aa_split.txt"
+      done
+    done ;;
   eval)  # avo.eval --json of kernel files on a suite against a node (record them here with avo.eval --record)
     suite=$2; inc=$3; shift 3
     for f in "$@"; do

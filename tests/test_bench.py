@@ -42,6 +42,10 @@ def test_shaped_inputs_are_named_in_the_report_and_unknown_ones_refused(capsys):
     assert first == "NVIDIA H200, 2026-11-22T00:00:00+00:00, torch 2.11, cutlass-dsl 4.8.1"
     shaped = {**_report(), "inputs": "sink"}
     assert format_report(shaped).splitlines()[0].endswith("cutlass-dsl 4.8.1, sink logits")
+    crossed = {**_report(), "crossover": True}
+    assert format_report(crossed).splitlines()[0].endswith("4.8.1, buffers crossed over every other round")
+    assert main(["--kernel", "best", "--crossover"]) == 2  # without --compare: nothing to cross with
+    assert "it needs --compare" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--inputs", "spiky"])
     assert "invalid choice: 'spiky'" in capsys.readouterr().err

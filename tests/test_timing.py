@@ -163,6 +163,55 @@ def test_a_kernel_slow_only_on_shaped_logits_is_seen_there_and_not_on_normal_one
         timing.measure([config], kernels, pattern="spiky")
 
 
+def test_crossover_trades_sets_buffers_and_bindings_of_the_pair_only():
+    """cross(): in a crossed round the checked contender reads the shared input sets and its partner
+    (with everyone else) the checked one's; the pair trade output buffers and launch counts; a
+    repeated call changes nothing, uncrossing restores all; without a partner nothing moves."""
+    state = object.__new__(timing._ConfigState)
+    own, shared = ("q0", "k0", "v0"), ("q1", "k1", "v1")
+    state.checked, state.partner, state.crossed = "candidate", "incumbent", False
+    state.checked_stacks, state.stacks = own, shared
+    state.contenders, state._crossed = {"bound": "plain"}, {"bound": "crossed"}
+    state.buffers = {"candidate": ["out0"], "incumbent": ["out1"], "fa4": ["out2"]}
+    state.turn = {"candidate": 5, "incumbent": 0, "fa4": 2}
+    before = (dict(state.buffers), dict(state.turn))
+    state.cross(False)
+    assert state._stacks("candidate") is own and state._stacks("incumbent") is shared
+    for _ in range(2):  # the second call is a no-op
+        state.cross(True)
+        assert state._stacks("candidate") is shared and state._stacks("incumbent") is own
+        assert state._stacks("fa4") is own and state.contenders == {"bound": "crossed"}
+        assert state.buffers == {"candidate": ["out1"], "incumbent": ["out0"], "fa4": ["out2"]}
+        assert state.turn == {"candidate": 0, "incumbent": 5, "fa4": 2}
+    state.cross(False)
+    assert (state.buffers, state.turn) == before and state._stacks("candidate") is own
+    assert state.contenders == {"bound": "plain"}
+    state.partner = None
+    state.cross(True)
+    assert not state.crossed and state._stacks("candidate") is own
+
+
+@pytest.mark.gpu
+def test_crossover_lets_each_side_read_both_buffer_sets():
+    """measure(crossover="incumbent"): over 8 rounds the candidate and the incumbent each read both
+    physical input sets and wrote both output buffer sets, and every candidate sample is checked."""
+    config, fn = _honest_kernel()
+    seen = {"candidate": set(), "incumbent": set()}
+
+    def recording(name):
+        def run(q, k, v, o, lse, scale):
+            seen[name].add((q.data_ptr(), o.data_ptr()))
+            fn(q, k, v, o, lse, scale)
+        return run
+
+    kernels = {name: {config.spec: recording(name)} for name in seen}
+    m = timing.measure([config], kernels, min_rounds=8, seed=6, crossover="incumbent")
+    assert m.checks == 8 and len(m.pairs()[config.name]) == 8
+    inputs = {name: {q for q, _ in pointers} for name, pointers in seen.items()}
+    outputs = {name: {o for _, o in pointers} for name, pointers in seen.items()}
+    assert inputs["candidate"] == inputs["incumbent"] and outputs["candidate"] == outputs["incumbent"]
+
+
 @pytest.mark.gpu
 def test_an_honest_pair_gives_paired_samples_and_checked_outputs():
     config, fn = _honest_kernel()
