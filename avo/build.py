@@ -142,7 +142,25 @@ def error_from_exception(stage: str, exc: BaseException, source: Path) -> Compil
                         details="".join(traceback.format_exception(exc))[-8000:])
 
 
+def _toolchain_problem() -> str:
+    """Why the CuTe DSL cannot be imported in this process, or "". Checked before any candidate is
+    imported: a candidate's own import error is its fault and is cached as its verdict, but in an
+    environment without the toolchain every candidate would fail the same way, and such a verdict
+    must not be cached (a venv replaced under a running job once cached "No module named
+    'cutlass'" for 16 healthy kernels)."""
+    try:
+        import cutlass  # noqa: F401
+        import cutlass.cute  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install raising anything on import
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
 def _main(task_path: str) -> int:
+    problem = _toolchain_problem()
+    if problem:  # no error.json: the parent reports a build that left no result, and caches nothing
+        print(f"avo.build: the CuTe DSL does not import here ({problem}); nothing compiled", file=sys.stderr)
+        return 3
     task_path = Path(task_path)
     task = json.loads(task_path.read_text())
     source = Path(task["source"])

@@ -264,3 +264,25 @@ def test_knob_modules_load_once_for_threads_at_once():
         sys.modules.pop(name, None)
         if loaded is not None:
             sys.modules[name] = loaded
+
+
+def test_a_build_without_the_toolchain_leaves_no_verdict_to_cache(tmp_path, monkeypatch, capsys):
+    """avo.build in an environment where the CuTe DSL does not import (a venv replaced under a
+    running job) writes neither build.json nor error.json for any job, so the parent raises "left no
+    result" and caches nothing; with the toolchain there, a candidate's own import error is its
+    error.json (cached as its verdict)."""
+    from avo import build
+
+    source = tmp_path / "candidate.py"
+    source.write_text("import no_such_module_anywhere\n")
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps({"source": str(source), "jobs": [{"spec": SPEC.as_dict(), "arch": "sm_90a",
+                                                                 "dir": "job0"}]}))
+    monkeypatch.setattr(build, "_toolchain_problem", lambda: "ModuleNotFoundError: No module named 'cutlass'")
+    assert build._main(str(task)) == 3
+    assert not (tmp_path / "job0").exists()
+    assert "does not import here (ModuleNotFoundError: No module named 'cutlass')" in capsys.readouterr().err
+    monkeypatch.setattr(build, "_toolchain_problem", lambda: "")
+    assert build._main(str(task)) == 0
+    error = json.loads((tmp_path / "job0" / "error.json").read_text())
+    assert error["stage"] == "import" and "no_such_module_anywhere" in error["message"]

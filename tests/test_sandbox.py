@@ -22,14 +22,20 @@ needs_sandbox = pytest.mark.skipif(not sandbox.available()[0], reason=f"no names
 def _run_inside(tmp_path: Path, code: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
+    saved = {key: os.environ.get(key) for key in env_extra or {}}
     os.environ.update(env_extra or {})  # set in the parent: the sandbox must not see them
     try:
         return subprocess.run(sandbox.command([sys.executable, "-c", textwrap.dedent(code)], writable=[out]),
                               env=sandbox.environment(out, {"PYTHONPATH": str(jit.REPO)}), capture_output=True,
                               text=True, timeout=60, preexec_fn=sandbox.limits())
     finally:
-        for key in env_extra or {}:
-            os.environ.pop(key, None)
+        # put back what was there (the session's private AVO_CACHE_DIR: popping it sent every later
+        # test's compiles to the user's cache, ~/.cache/avo/kernels)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @needs_sandbox
@@ -53,9 +59,11 @@ def test_only_the_output_directory_is_writable(tmp_path):
 
 @needs_sandbox
 def test_the_environment_is_scrubbed_of_secrets_and_avo_settings(tmp_path):
+    before = [os.environ.get(k) for k in ("AVO_CACHE_DIR", "OPENAI_API_KEY")]  # AVO_CACHE_DIR: conftest's
     proc = _run_inside(tmp_path, "import os; print(sorted(os.environ))",
                        env_extra={"OPENAI_API_KEY": "sk-test-secret", "AVO_CACHE_DIR": "/somewhere"})
     assert proc.returncode == 0, proc.stderr
+    assert [os.environ.get(k) for k in ("AVO_CACHE_DIR", "OPENAI_API_KEY")] == before  # the parent's, put back
     names = eval(proc.stdout)  # a list literal printed by the child
     assert "OPENAI_API_KEY" not in names and not any(n.startswith("AVO_") for n in names)
     assert "sk-test-secret" not in proc.stdout
