@@ -3,6 +3,7 @@ agent reads the step's brief and the lineage as resources, edits and compiles th
 the registry's tools (refused outside it), submits, and its candidate lands in the lineage."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -71,7 +72,10 @@ def _check_lineage(tmp_path):
 
 
 def test_mcp_over_stdio_lands_candidates_in_the_lineage(tmp_path):
-    params = StdioServerParameters(command=sys.executable, args=_server_args(tmp_path), cwd=str(REPO))
+    # the client starts the server with a minimal environment: pass the session's private kernel
+    # cache (conftest), or the server compiles into the user's ~/.cache/avo/kernels
+    params = StdioServerParameters(command=sys.executable, args=_server_args(tmp_path), cwd=str(REPO),
+                                   env={"AVO_CACHE_DIR": os.environ["AVO_CACHE_DIR"]})
 
     async def main():
         async with Client(params, read_timeout_seconds=300) as client:
