@@ -91,8 +91,8 @@ def _plant_sink(q: torch.Tensor, k: torch.Tensor, generator: torch.Generator | N
     u = u / u.norm()
     low, high = SINK_NATS
     strength = low + (high - low) * torch.rand(heads_kv, generator=generator, device=q.device)
-    along = (q.float() @ u).unsqueeze(-1)
-    q.copy_(q.float() + (1.0 - along) * u)
+    wide = q.float()
+    q.copy_(wide + (1.0 - (wide @ u).unsqueeze(-1)) * u)
     k.select(-3, 0).copy_((strength.unsqueeze(-1) * math.sqrt(d)) * u)
 
 
