@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -22,20 +23,12 @@ needs_sandbox = pytest.mark.skipif(not sandbox.available()[0], reason=f"no names
 def _run_inside(tmp_path: Path, code: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
-    saved = {key: os.environ.get(key) for key in env_extra or {}}
-    os.environ.update(env_extra or {})  # set in the parent: the sandbox must not see them
-    try:
+    # set in the parent (the sandbox must not see them), then exactly what was there put back:
+    # popping them once sent every later test's compiles to the user's cache (AVO_CACHE_DIR)
+    with mock.patch.dict(os.environ, env_extra or {}):
         return subprocess.run(sandbox.command([sys.executable, "-c", textwrap.dedent(code)], writable=[out]),
                               env=sandbox.environment(out, {"PYTHONPATH": str(jit.REPO)}), capture_output=True,
                               text=True, timeout=60, preexec_fn=sandbox.limits())
-    finally:
-        # put back what was there (the session's private AVO_CACHE_DIR: popping it sent every later
-        # test's compiles to the user's cache, ~/.cache/avo/kernels)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @needs_sandbox
