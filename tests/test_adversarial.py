@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import avo.build
 import avo.evaluate
 import avo.jit
 import avo.judge
@@ -92,13 +93,15 @@ def _judge_functions() -> dict:
     """The parent's verifier, reference, loader, sampler, judge, estimator and commit-rule functions
     (avo.verify.check, avo.reference.reference_attention, avo.jit.load_callable, avo.timing.measure,
     avo.judge._time_patterns, avo.stats.decide, avo.evaluate.apply_commit_rule, ...), the sampler's
-    methods, and the constants that say what the judge looks at (input kinds, logit patterns, the
-    pattern floor)."""
-    modules = (avo.verify, avo.reference, avo.jit, avo.timing, avo.stats, avo.judge, avo.evaluate)
+    methods, the build's (avo.build: a candidate runs inside its process), and the constants that
+    say what the judge looks at (input kinds, logit patterns, the sink's strengths, the pattern
+    floor)."""
+    modules = (avo.verify, avo.reference, avo.jit, avo.build, avo.timing, avo.stats, avo.judge, avo.evaluate)
     found = {f"{m.__name__}.{k}": v for m in modules for k, v in vars(m).items() if callable(v)}
     found.update({f"avo.timing._ConfigState.{k}": v for k, v in vars(avo.timing._ConfigState).items() if callable(v)})
     found.update({"avo.verify.INPUT_KINDS": avo.verify.INPUT_KINDS, "avo.verify.LOGIT_PATTERNS":
-                  avo.verify.LOGIT_PATTERNS, "avo.evaluate.PATTERN_FLOOR": avo.evaluate.PATTERN_FLOOR})
+                  avo.verify.LOGIT_PATTERNS, "avo.verify.SINK_NATS": avo.verify.SINK_NATS,
+                  "avo.evaluate.PATTERN_FLOOR": avo.evaluate.PATTERN_FLOOR})
     return found
 
 

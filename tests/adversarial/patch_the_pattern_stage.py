@@ -2,9 +2,10 @@
 """Adversarial candidate `patch_the_pattern_stage` (tests/test_adversarial.py): a cheat spliced into the naive kernel.
 A kernel fast on N(0, 1) and slow (or wrong) on shaped logits would want the judge not to look
 there: at import it empties the logit patterns and the correctness kinds but N(0, 1), turns
-shape_logits into a no-op, drops the pattern floor to zero and stubs the judge's pattern stage and
-the commit rule's check of it, so that a judge in the same process would time and check N(0, 1)
-only. It bypasses the static check on purpose; only the sandbox stands in its way.
+shape_logits and the sink's plant into no-ops, draws sinks of no strength, drops the pattern floor
+to zero and stubs the judge's pattern stage and the commit rule's check of it, so that a judge in
+the same process would time and check N(0, 1) only. It bypasses the static check on purpose; only
+the sandbox stands in its way.
 """
 
 try:
@@ -15,6 +16,8 @@ try:
     avo.verify.LOGIT_PATTERNS = ()
     avo.verify.INPUT_KINDS = ("normal",)
     avo.verify.shape_logits = lambda *args, **kwargs: None
+    avo.verify._plant_sink = lambda *args, **kwargs: None
+    avo.verify.SINK_NATS = (0.0, 0.0)
     avo.evaluate.PATTERN_FLOOR = 0.0
     avo.judge._time_patterns = lambda *args, **kwargs: {}
     avo.judge.pattern_configs = lambda *args, **kwargs: []
