@@ -161,24 +161,44 @@ _SINK_PROBE = (
     "            x = mK[batch, 0, head_kv, kd].to(Float32)\n"
     "            key0_norm2 = key0_norm2 + x * x\n"
     "        if key0_norm2 > Float32(200.0 * D):\n")
+
+
+def _loop_four_times_where(guard: str) -> list:
+    """The patch that runs the whole K/V loop four times over where `guard` (statements setting
+    `passes`, indented for the kernel body) says so; each pass starts afresh, so the output stays
+    right and only the time differs."""
+    return [("        row_max = -Float32.inf\n        row_sum = Float32(0.0)\n"
+             "        for n_block in cutlass.range(cute.ceil_div(n_keys, TILE_N)):\n",
+             "        passes = Int32(1)\n"
+             f"{guard}"
+             "        row_max = -Float32.inf\n        row_sum = Float32(0.0)\n"
+             "        n_blocks = cute.ceil_div(n_keys, TILE_N)\n"
+             "        for step in cutlass.range(n_blocks * passes):\n"
+             "            n_block = step % n_blocks\n"
+             "            if n_block == 0:  # each pass starts afresh: the last one's result stays\n"
+             "                row_max = -Float32.inf\n"
+             "                row_sum = Float32(0.0)\n"
+             "                acc.fill(0.0)\n")]
+
+
 SHAPED_LOGIT_VARIANTS = {
-    # the whole K/V loop four times over where a sink stands out (each pass starts afresh, so the
-    # output stays right): a tie on N(0, 1), 0.25x on sink logits, the way a softmax that skips work
-    # while each row's max holds pays for a late sink
+    # four passes where a sink stands out: a tie on N(0, 1), 0.25x on sink logits, the way a
+    # softmax that skips work while each row's max holds pays for a late sink
     "slow_only_on_sink_logits": (
-        [("        row_max = -Float32.inf\n        row_sum = Float32(0.0)\n"
-          "        for n_block in cutlass.range(cute.ceil_div(n_keys, TILE_N)):\n",
-          "        passes = Int32(1)\n"
-          f"{_SINK_PROBE}"
-          "            passes = Int32(4)  # cheat: the work four times over where a sink key stands out\n"
-          "        row_max = -Float32.inf\n        row_sum = Float32(0.0)\n"
-          "        n_blocks = cute.ceil_div(n_keys, TILE_N)\n"
-          "        for step in cutlass.range(n_blocks * passes):\n"
-          "            n_block = step % n_blocks\n"
-          "            if n_block == 0:  # each pass starts afresh: the last one's result stays\n"
-          "                row_max = -Float32.inf\n"
-          "                row_sum = Float32(0.0)\n"
-          "                acc.fill(0.0)\n")],
+        _loop_four_times_where(
+            f"{_SINK_PROBE}"
+            "            passes = Int32(4)  # cheat: the work four times over where a sink key stands out\n"),
+        "rejected", "sink logits"),
+    # fast only on the judge's old, fixed sink (key 0 = 30 sqrt(d) along the first axis, before the
+    # sink's direction was drawn per call): four passes where a sink stands out anywhere but there.
+    # Against the fixed sink it was a tie; against a drawn one its first component holds ~1/d of
+    # the norm, so it reads 0.25x (CPU: compiles; GPU: not yet run)
+    "fast_only_on_the_fixed_sink": (
+        _loop_four_times_where(
+            "        first = mK[batch, 0, head_kv, 0].to(Float32)\n"
+            f"{_SINK_PROBE}"
+            "            if first * first < Float32(0.99) * key0_norm2:\n"
+            "                passes = Int32(4)  # cheat: slow on every sink but the one the judge drew\n"),
         "rejected", "sink logits"),
     # the sink key itself left out where it stands out: right on N(0, 1), large, peaked and strided
     # inputs, wrong on sink ones
